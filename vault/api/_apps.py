@@ -1,0 +1,156 @@
+"""The two ASGI apps. The public app serves ingest only; the internal app serves everything else.
+
+Both share one :class:`~vault.service.Vault` when run in one process (``session-vault dev``); built on
+their own (``uvicorn --factory``) each opens the runtime from settings in its lifespan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from vault import errors as e
+from vault.api._deps import (
+    AdminCaller,
+    IngestCaller,
+    VaultDep,
+    json_body_schema,
+    read_json,
+)
+from vault.api._errors import install_error_handlers, responses_for
+from vault.api._middleware import BodyLimit, Guard
+from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
+from vault.service import Role, Vault, create_token, list_tokens, revoke_token
+from vault.settings import Settings
+
+__all__ = ["create_internal_app", "create_public_app"]
+
+_INGEST_ERRORS = responses_for(
+    e.InvalidRequest, e.InvalidSession, e.SessionExpired, e.TooLarge, e.UnsupportedMediaType,
+    e.StoreUnavailable, e.KeyUnavailable,
+)  # fmt: skip
+_AUTH_ERRORS = responses_for(e.Unauthorized, e.Forbidden)
+
+
+def _lifespan(settings: Settings, vault: Vault | None) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if vault is not None:
+            app.state.vault = vault
+            yield
+            return
+        owned = Vault.from_settings(settings)
+        app.state.vault = owned
+        try:
+            yield
+        finally:
+            await owned.close()
+
+    return lifespan
+
+
+def _finish(app: FastAPI, settings: Settings) -> FastAPI:
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard)
+    return app
+
+
+def create_public_app(settings: Settings, *, vault: Vault | None = None) -> FastAPI:
+    """Ingest only. No schema or docs are published; every other path is 404."""
+    app = FastAPI(
+        title="Session Vault (public ingest)",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=_lifespan(settings, vault),
+    )
+
+    @app.post(
+        "/api/import-session",
+        status_code=201,
+        response_model=ImportedSession,
+        openapi_extra=json_body_schema(ImportSession),
+        responses=_INGEST_ERRORS,
+    )
+    async def import_session(request: Request, vault: VaultDep) -> ImportedSession:
+        body = await read_json(request, ImportSession)
+        return ImportedSession.of(await vault.ingest(body.session))
+
+    return _finish(app, settings)
+
+
+def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> FastAPI:
+    """Everything but public ingest: backend ingest, credentials, health, and the OpenAPI schema."""
+    app = FastAPI(
+        title="Session Vault (internal API)",
+        version="0.1.0",
+        lifespan=_lifespan(settings, vault),
+    )
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses=responses_for(e.StoreUnavailable))
+    async def readyz(vault: VaultDep) -> dict[str, str]:
+        """Readiness: the database answers."""
+        await vault.ready()
+        return {"status": "ready"}
+
+    @app.post(
+        "/v1/sessions",
+        status_code=201,
+        response_model=ImportedSession,
+        tags=["sessions"],
+        openapi_extra=json_body_schema(ImportSession),
+        responses={**_INGEST_ERRORS, **_AUTH_ERRORS},
+    )
+    async def ingest_session(request: Request, vault: VaultDep, _caller: IngestCaller) -> ImportedSession:
+        """Ingest a session from an app backend (role ``ingest``). Same rules as the public endpoint."""
+        body = await read_json(request, ImportSession)
+        return ImportedSession.of(await vault.ingest(body.session))
+
+    @app.post(
+        "/v1/tokens",
+        status_code=201,
+        response_model=TokenCreated,
+        tags=["admin"],
+        openapi_extra=json_body_schema(NewToken),
+        responses={**responses_for(e.InvalidRequest, e.UnsupportedMediaType), **_AUTH_ERRORS},
+    )
+    async def new_token(request: Request, vault: VaultDep, _caller: AdminCaller) -> TokenCreated:
+        """Create a service credential (role ``admin``). The token is in this response only."""
+        body = await read_json(request, NewToken)
+        token, info = await create_token(
+            vault.store,
+            role=Role(body.role),
+            name=body.name,
+            now=vault.clock(),
+            expires_in=body.expires_in,
+            purposes=None if body.purposes is None else tuple(body.purposes),
+            max_ttl_seconds=body.max_ttl_seconds,
+        )
+        return TokenCreated.model_validate({**TokenView.of(info).model_dump(), "token": token})
+
+    @app.get("/v1/tokens", response_model=list[TokenView], tags=["admin"], responses=_AUTH_ERRORS)
+    async def tokens(vault: VaultDep, _caller: AdminCaller) -> list[TokenView]:
+        """List service credentials (role ``admin``). Secrets are never shown: only ids and attributes."""
+        return [TokenView.of(info) for info in await list_tokens(vault.store)]
+
+    @app.delete(
+        "/v1/tokens/{token_id}",
+        status_code=204,
+        tags=["admin"],
+        responses={**responses_for(e.NotFound), **_AUTH_ERRORS},
+    )
+    async def delete_token(token_id: str, vault: VaultDep, _caller: AdminCaller) -> Response:
+        """Revoke a service credential (role ``admin``); it stops working at once."""
+        await revoke_token(vault.store, token_id, now=vault.clock())
+        return Response(status_code=204)
+
+    return _finish(app, settings)

@@ -1,0 +1,86 @@
+"""Request dependencies: the runtime, bearer-token roles, and strict JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from vault.errors import InvalidRequest, UnsupportedMediaType
+from vault.service import Principal, Role, Vault
+
+__all__ = [
+    "AdminCaller",
+    "IngestCaller",
+    "VaultDep",
+    "json_body_schema",
+    "read_json",
+    "require_role",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def get_vault(request: Request) -> Vault:
+    vault: Vault = request.app.state.vault
+    return vault
+
+
+VaultDep = Annotated[Vault, Depends(get_vault)]
+
+
+def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Principal]]:
+    async def dependency(request: Request, vault: VaultDep) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return await vault.authenticate(token.strip() if scheme.lower() == "bearer" else None, role)
+
+    return dependency
+
+
+IngestCaller = Annotated[Principal, Depends(require_role(Role.INGEST))]
+AdminCaller = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidRequest("the body has duplicate keys")
+        out[key] = value
+    return out
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    """Parse the request body as ``model``: 415 unless JSON, 422 ``invalid_request`` if malformed.
+
+    Error details name fields and never quote values (a value may be a session).
+    """
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType()
+    body = await request.body()
+    try:
+        data = json.loads(body, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
+        raise InvalidRequest("missing or invalid field(s): " + ", ".join(fields)) from None
+
+
+def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the route reads with :func:`read_json`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }

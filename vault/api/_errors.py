@@ -1,0 +1,92 @@
+"""The one place that maps the error tree to HTTP: status codes, the JSON error body, OpenAPI docs.
+
+Every error body is ``{"error": code, "detail": text}`` (a few errors add fields). Details come from
+the vault's own messages, never from request input, so no body can echo a session or token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vault import errors as e
+
+__all__ = ["ErrorBody", "error_response", "install_error_handlers", "responses_for", "status_of"]
+
+log = logging.getLogger("vault.api")
+
+_STATUS: dict[type[e.VaultError], int] = {
+    e.InvalidRequest: 422,
+    e.TooLarge: 413,
+    e.UnsupportedMediaType: 415,
+    e.NotFound: 404,
+    e.InvalidSession: 422,
+    e.Unauthorized: 401,
+    e.Forbidden: 403,
+    e.DecryptionError: 500,
+    e.KeyUnavailable: 503,
+    e.StoreUnavailable: 503,
+    e.ConfigError: 500,
+}
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+def status_of(exc_type: type[e.VaultError]) -> int:
+    for klass in exc_type.__mro__:
+        if klass in _STATUS:
+            return _STATUS[klass]
+    return 500
+
+
+def error_response(code: str, detail: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def responses_for(*exc_types: type[e.VaultError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting the errors a route can answer with."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for exc_type in exc_types:
+        status = status_of(exc_type)
+        entry = out.setdefault(status, {"model": ErrorBody, "description": ""})
+        codes = [c for c in entry["description"].split(", ") if c]
+        codes.append(f"`{exc_type.code}`")
+        entry["description"] = ", ".join(codes)
+    return out
+
+
+async def _vault_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.VaultError)
+    status = status_of(type(exc))
+    if status >= 500:
+        log.warning("request failed: %s", exc.code)
+    return error_response(exc.code, exc.detail, status)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Name the fields only: pydantic's messages can quote the input.
+    fields = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
+    return error_response("invalid_request", "invalid field(s): " + ", ".join(fields), 422)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: ("not_found", "no such route"), 405: ("method_not_allowed", "method not allowed")}
+    code, detail = codes.get(exc.status_code, ("http_error", "the request was refused"))
+    return error_response(code, detail, exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(e.VaultError, _vault_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,142 @@
+"""The vault's one error tree.
+
+Every error the vault raises on purpose derives from :class:`VaultError`. Each class carries a stable
+machine-readable ``code`` (the ``"error"`` field of an HTTP error body) and a default ``detail``.
+Library errors (``InvalidTag``, SQLAlchemy, httpx) are translated once, at the layer that calls the
+library, with ``raise ... from exc``. Only ``vault.api`` maps these classes to HTTP status codes.
+
+No error message may contain secret material: sessions, key shares, keys or tokens. Details are
+written by the vault, never copied from input.
+
+    VaultError                      internal
+    ├── InvalidRequest              invalid_request
+    ├── TooLarge                    too_large
+    ├── UnsupportedMediaType        unsupported_media_type
+    ├── NotFound                    not_found
+    ├── InvalidSession              invalid_session
+    │   └── SessionExpired          session_expired
+    ├── AuthError
+    │   ├── Unauthorized            unauthorized
+    │   └── Forbidden               forbidden
+    ├── DecryptionError             decryption_failed
+    ├── KeyUnavailable              key_unavailable
+    ├── StoreUnavailable            store_unavailable
+    └── ConfigError                 config_error
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "DecryptionError",
+    "Forbidden",
+    "InvalidRequest",
+    "InvalidSession",
+    "KeyUnavailable",
+    "NotFound",
+    "SessionExpired",
+    "StoreUnavailable",
+    "TooLarge",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "VaultError",
+]
+
+
+class VaultError(Exception):
+    """Root of every error the vault raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+    default_detail: ClassVar[str] = "internal error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail if detail is not None else self.default_detail
+        super().__init__(self.detail)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
+
+
+class InvalidRequest(VaultError):
+    """The request is malformed: not JSON, a missing or mistyped field, a value out of bounds."""
+
+    code = "invalid_request"
+    default_detail = "the request is malformed"
+
+
+class TooLarge(VaultError):
+    code = "too_large"
+    default_detail = "the request body is too large"
+
+
+class UnsupportedMediaType(VaultError):
+    code = "unsupported_media_type"
+    default_detail = "the request body must be application/json"
+
+
+class NotFound(VaultError):
+    code = "not_found"
+    default_detail = "not found"
+
+
+class InvalidSession(VaultError):
+    """A serialized session that is not base64, not JSON, of no known format, or incomplete."""
+
+    code = "invalid_session"
+    default_detail = "the session is not valid"
+
+
+class SessionExpired(InvalidSession):
+    """The session's cookie names an expiry in the past."""
+
+    code = "session_expired"
+    default_detail = "the session has expired"
+
+
+class AuthError(VaultError):
+    """Authentication or authorization failed."""
+
+
+class Unauthorized(AuthError):
+    """No credential, an unknown one, or an expired or revoked one. Deliberately says which of these not."""
+
+    code = "unauthorized"
+    default_detail = "a valid bearer token is required"
+
+
+class Forbidden(AuthError):
+    """A valid credential whose role does not allow the call."""
+
+    code = "forbidden"
+    default_detail = "this credential's role may not do this"
+
+
+class DecryptionError(VaultError):
+    """Any failed decryption: wrong key, wrong associated data, bad tag, bad header. Deliberately opaque."""
+
+    code = "decryption_failed"
+    default_detail = "decryption failed"
+
+
+class KeyUnavailable(VaultError):
+    """The key-encryption key provider cannot be reached or has no such key."""
+
+    code = "key_unavailable"
+    default_detail = "the key provider is unavailable"
+
+
+class StoreUnavailable(VaultError):
+    """The database cannot be reached or refused the operation."""
+
+    code = "store_unavailable"
+    default_detail = "the store is unavailable"
+
+
+class ConfigError(VaultError):
+    """The configuration is missing, malformed or weak."""
+
+    code = "config_error"
+    default_detail = "the configuration is invalid"

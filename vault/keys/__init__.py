@@ -1,0 +1,14 @@
+"""Key management: KEK providers and the DEK cache."""
+
+from vault.keys._cache import DekCache
+from vault.keys._local import LocalKeyringProvider, create_keyring_file, load_keyring_file
+from vault.keys._provider import KekProvider, WrappedKey
+
+__all__ = [
+    "DekCache",
+    "KekProvider",
+    "LocalKeyringProvider",
+    "WrappedKey",
+    "create_keyring_file",
+    "load_keyring_file",
+]

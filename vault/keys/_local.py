@@ -1,0 +1,72 @@
+"""The local keyring KEK provider: versioned 256-bit keys in a JSON file of mode 0600.
+
+For the embedded (dev) vault and single-machine deployments. The file is the KEK: whoever reads it and
+the database can decrypt everything, so keep it off the database host's backups.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from vault.crypto import Keyring, seal_with, unseal_with
+from vault.errors import ConfigError, DecryptionError
+from vault.keys._provider import WrappedKey
+
+__all__ = ["LocalKeyringProvider", "create_keyring_file", "load_keyring_file"]
+
+
+def create_keyring_file(path: Path) -> None:
+    """Write a new keyring to ``path`` with mode 0600. Refuses to overwrite an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(Keyring.generate().to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_keyring_file(path: Path) -> Keyring:
+    """Read a keyring file; :class:`ConfigError` if missing, readable by others, or malformed."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("the keyring file does not exist") from None
+    except OSError:
+        raise ConfigError("the keyring file cannot be read") from None
+    if mode & 0o077:
+        raise ConfigError("the keyring file must not be readable by group or others (chmod 600)")
+    return Keyring.from_json(data)
+
+
+class LocalKeyringProvider:
+    """Wraps DEKs with AES-256-GCM under the keyring's active key; unwraps with any version it holds."""
+
+    def __init__(self, keyring: Keyring, *, kek_id: str = "local") -> None:
+        self._keyring = keyring
+        self._kek_id = kek_id
+
+    @classmethod
+    def from_file(cls, path: Path) -> LocalKeyringProvider:
+        return cls(load_keyring_file(path))
+
+    def __repr__(self) -> str:
+        return f"LocalKeyringProvider(kek_id={self._kek_id!r}, keyring={self._keyring!r})"
+
+    @property
+    def kek_id(self) -> str:
+        return self._kek_id
+
+    async def wrap(self, dek: bytes, *, aad: bytes) -> WrappedKey:
+        blob = seal_with(self._keyring, dek, aad=aad)
+        return WrappedKey(kek_id=self._kek_id, kek_version=self._keyring.active_version, blob=blob)
+
+    async def unwrap(self, wrapped: WrappedKey, *, aad: bytes) -> bytes:
+        if wrapped.kek_id != self._kek_id:
+            raise DecryptionError()
+        return unseal_with(self._keyring, wrapped.blob, aad=aad)
+
+    async def close(self) -> None:
+        return None

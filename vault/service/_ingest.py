@@ -1,0 +1,78 @@
+"""Ingest: validate a serialized session, encrypt it under the user's DEK, store it, supersede older ones."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from vault.crypto import seal, session_aad, unseal
+from vault.keys import DekCache, KekProvider
+from vault.service._keys import active_dek, dek_by_version
+from vault.sessions import parse_session
+from vault.store import SessionRow, Store, Tx
+
+__all__ = ["IngestResult", "ingest", "open_session"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    session_id: str
+    user_id: str
+    format: str
+    has_signers: bool
+    expires_at: datetime | None
+    superseded: tuple[str, ...]
+
+
+async def ingest(
+    store: Store, kek: KekProvider, cache: DekCache, serialized: str, *, now: datetime
+) -> IngestResult:
+    """Store ``serialized`` as the user's newest session, in one transaction.
+
+    Raises :class:`~vault.errors.InvalidSession` / :class:`~vault.errors.SessionExpired` before touching
+    the database, and :class:`~vault.errors.StoreUnavailable` / :class:`~vault.errors.KeyUnavailable` with
+    the transaction rolled back: on any failure no user, key or session row is written.
+    """
+    parsed = parse_session(serialized, now=now)
+    session_id = str(uuid.uuid4())
+    async with store.transaction() as tx:
+        await tx.ensure_user_locked(parsed.user_id, now)
+        dek_version, dek = await active_dek(tx, kek, cache, parsed.user_id, now=now)
+        ciphertext = seal(
+            serialized.encode(),
+            key=dek.reveal(),
+            key_version=dek_version,
+            aad=session_aad(parsed.user_id, session_id, 1),
+        )
+        superseded = await tx.supersede_active_sessions(parsed.user_id, now)
+        await tx.insert_session(
+            SessionRow(
+                id=session_id,
+                user_id=parsed.user_id,
+                version=1,
+                dek_version=dek_version,
+                format=parsed.format.value,
+                has_signers=parsed.has_signers,
+                status="active",
+                created_at=now,
+                updated_at=now,
+                expires_at=parsed.expires_at,
+                ciphertext=ciphertext,
+            )
+        )
+    return IngestResult(
+        session_id=session_id,
+        user_id=parsed.user_id,
+        format=parsed.format.value,
+        has_signers=parsed.has_signers,
+        expires_at=parsed.expires_at,
+        superseded=tuple(superseded),
+    )
+
+
+async def open_session(tx: Tx, kek: KekProvider, cache: DekCache, row: SessionRow) -> str:
+    """Decrypt a stored session. Raises :class:`~vault.errors.DecryptionError` on any mismatch."""
+    dek = await dek_by_version(tx, kek, cache, row.user_id, row.dek_version)
+    plaintext = unseal(row.ciphertext, key=dek.reveal(), aad=session_aad(row.user_id, row.id, row.version))
+    return plaintext.decode()

@@ -1,0 +1,28 @@
+"""Persistence: SQLAlchemy models, migrations runner and queries. The only package that speaks SQL."""
+
+from vault.store._engine import make_engine
+from vault.store._migrate import alembic_config, migrations_dir, upgrade
+from vault.store._models import Base, ServiceToken, SessionRecord, User, UserKey, UtcDateTime
+from vault.store._rows import SessionRow, TokenRow, UserKeyRow
+from vault.store._store import Store, Tx
+
+metadata = Base.metadata
+
+__all__ = [
+    "Base",
+    "ServiceToken",
+    "SessionRecord",
+    "SessionRow",
+    "Store",
+    "TokenRow",
+    "Tx",
+    "User",
+    "UserKey",
+    "UserKeyRow",
+    "UtcDateTime",
+    "alembic_config",
+    "make_engine",
+    "metadata",
+    "migrations_dir",
+    "upgrade",
+]

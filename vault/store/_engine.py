@@ -1,0 +1,54 @@
+"""Engine construction: the one place that knows how each backend must be configured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+__all__ = ["make_engine"]
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Build an engine for ``postgresql+asyncpg://`` or ``sqlite+aiosqlite:///`` URLs.
+
+    ``hide_parameters`` keeps bound values (ciphertext, token hashes) out of every SQLAlchemy exception
+    message. On SQLite every transaction starts with ``BEGIN IMMEDIATE``: SQLite then serialises writers
+    up front instead of failing a read-then-write transaction with ``database is locked`` later, which is
+    what makes "lock the user, then write" correct there.
+    """
+    if url.startswith("sqlite"):
+        engine = create_async_engine(
+            url,
+            hide_parameters=True,
+            poolclass=NullPool,
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url,
+        hide_parameters=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA secure_delete=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
