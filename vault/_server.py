@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable, Generator
 
 import uvicorn
+from fastapi import FastAPI
 
 from vault.api import create_internal_app, create_public_app
 from vault.service import Vault
@@ -24,7 +25,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: object, host: str, port: int) -> uvicorn.Config:
+def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", server_header=False, log_level="info", access_log=True
     )
@@ -35,9 +36,13 @@ async def serve_both(settings: Settings, *, on_started: Callable[[], None] | Non
     vault = Vault.from_settings(settings)
     try:
         servers = [
-            _Server(_config(create_public_app(settings, vault=vault), settings.public_host, settings.public_port)),
             _Server(
-                _config(create_internal_app(settings, vault=vault), settings.internal_host, settings.internal_port)
+                _config(create_public_app(settings, vault=vault), settings.public_host, settings.public_port)
+            ),
+            _Server(
+                _config(
+                    create_internal_app(settings, vault=vault), settings.internal_host, settings.internal_port
+                )
             ),
         ]
 

@@ -208,17 +208,23 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     with_data_dir(db.add_parser("upgrade", help="apply all migrations")).set_defaults(func=_cmd_db_upgrade)
 
-    keyring = sub.add_parser("keyring", help="local keyring files").add_subparsers(dest="kr_command", required=True)
+    keyring = sub.add_parser("keyring", help="local keyring files").add_subparsers(
+        dest="kr_command", required=True
+    )
     init = keyring.add_parser("init", help="write a new keyring file (mode 0600)")
     init.add_argument("--file", required=True)
     init.set_defaults(func=_cmd_keyring_init)
 
-    token = sub.add_parser("token", help="service credentials").add_subparsers(dest="token_command", required=True)
+    token = sub.add_parser("token", help="service credentials").add_subparsers(
+        dest="token_command", required=True
+    )
     create = with_data_dir(token.add_parser("create", help="create a token; prints it alone on stdout"))
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
     create.add_argument("--name", required=True)
     create.add_argument("--expires-in", type=int, metavar="SECONDS")
-    create.add_argument("--purpose", action="append", help="signer tokens: a purpose it may name (repeatable)")
+    create.add_argument(
+        "--purpose", action="append", help="signer tokens: a purpose it may name (repeatable)"
+    )
     create.add_argument("--max-ttl", type=int, metavar="SECONDS", help="signer tokens: the longest lease")
     create.set_defaults(func=_cmd_token_create)
     with_data_dir(token.add_parser("list", help="list tokens (never shows secrets)")).set_defaults(

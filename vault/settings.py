@@ -1,7 +1,8 @@
 """Configuration: environment variables prefixed ``VAULT_``, read when the app is built, never at import.
 
 ``Settings.for_data_dir`` builds the embedded (dev) configuration: SQLite and a local keyring inside one
-directory. ``Settings.check_production`` refuses missing or weak secrets; ``serve`` calls it, ``dev`` does not.
+directory. ``Settings.check_production`` refuses missing or weak secrets; ``serve`` calls it, ``dev``
+does not.
 """
 
 from __future__ import annotations

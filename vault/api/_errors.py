@@ -7,6 +7,7 @@ the vault's own messages, never from request input, so no body can echo a sessio
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,8 +49,14 @@ def status_of(exc_type: type[e.VaultError]) -> int:
     return 500
 
 
-def error_response(code: str, detail: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+def error_response(
+    code: str, detail: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": code, "detail": detail},
+        status_code=status,
+        headers=None if headers is None else dict(headers),
+    )
 
 
 def responses_for(*exc_types: type[e.VaultError]) -> dict[int | str, dict[str, Any]]:

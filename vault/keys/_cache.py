@@ -17,9 +17,7 @@ __all__ = ["DekCache"]
 
 
 class DekCache:
-    def __init__(
-        self, *, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, *, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl < 0 or max_entries < 0:
             raise ValueError("ttl and max_entries must not be negative")
         self._ttl = ttl

@@ -36,7 +36,9 @@ async def active_dek(
     return row.dek_version, await _unwrap(row, kek, cache)
 
 
-async def dek_by_version(tx: Tx, kek: KekProvider, cache: DekCache, user_id: str, version: int) -> SecretBytes:
+async def dek_by_version(
+    tx: Tx, kek: KekProvider, cache: DekCache, user_id: str, version: int
+) -> SecretBytes:
     cached = cache.get(user_id, version)
     if cached is not None:
         return cached

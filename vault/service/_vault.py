@@ -47,7 +47,9 @@ class Vault:
             settings=settings,
             store=Store.connect(url, pool_size=settings.db_pool_size),
             kek=kek,
-            dek_cache=DekCache(ttl=settings.dek_cache_ttl_seconds, max_entries=settings.dek_cache_max_entries),
+            dek_cache=DekCache(
+                ttl=settings.dek_cache_ttl_seconds, max_entries=settings.dek_cache_max_entries
+            ),
         )
 
     def __repr__(self) -> str:

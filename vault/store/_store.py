@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -25,8 +25,8 @@ from vault.store._rows import SessionRow, TokenRow, UserKeyRow
 
 __all__ = ["Store", "Tx"]
 
-_SESSION_COLUMNS = SessionRecord.__table__.c
-_TOKEN_COLUMNS = ServiceToken.__table__.c
+_SESSIONS = SessionRecord.__table__
+_TOKENS = ServiceToken.__table__
 
 
 class Store:
@@ -75,9 +75,9 @@ class Tx:
         On PostgreSQL this is ``SELECT ... FOR UPDATE``; on SQLite ``BEGIN IMMEDIATE`` already holds the
         database write lock for the whole transaction.
         """
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        upsert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         await self.conn.execute(
-            insert(User).values(id=user_id, created_at=now).on_conflict_do_nothing(index_elements=["id"])
+            upsert(User).values(id=user_id, created_at=now).on_conflict_do_nothing(index_elements=["id"])
         )
         query = select(User.id).where(User.id == user_id)
         if self._dialect == "postgresql":
@@ -100,7 +100,7 @@ class Tx:
 
     async def insert_user_key(self, row: UserKeyRow) -> None:
         await self.conn.execute(
-            UserKey.__table__.insert().values(
+            insert(UserKey).values(
                 user_id=row.user_id,
                 dek_version=row.dek_version,
                 wrapped_dek=row.wrapped_dek,
@@ -129,7 +129,7 @@ class Tx:
 
     async def insert_session(self, row: SessionRow) -> None:
         await self.conn.execute(
-            SessionRecord.__table__.insert().values(
+            insert(SessionRecord).values(
                 id=row.id,
                 user_id=row.user_id,
                 version=row.version,
@@ -145,13 +145,13 @@ class Tx:
         )
 
     async def session(self, session_id: str) -> SessionRow | None:
-        result = await self.conn.execute(select(_SESSION_COLUMNS).where(SessionRecord.id == session_id))
+        result = await self.conn.execute(select(_SESSIONS).where(SessionRecord.id == session_id))
         row = result.mappings().first()
         return None if row is None else SessionRow(**row)
 
     async def sessions_of_user(self, user_id: str) -> list[SessionRow]:
         result = await self.conn.execute(
-            select(_SESSION_COLUMNS)
+            select(_SESSIONS)
             .where(SessionRecord.user_id == user_id)
             .order_by(SessionRecord.created_at.desc(), SessionRecord.id)
         )
@@ -161,7 +161,7 @@ class Tx:
 
     async def insert_token(self, row: TokenRow) -> None:
         await self.conn.execute(
-            ServiceToken.__table__.insert().values(
+            insert(ServiceToken).values(
                 id=row.id,
                 name=row.name,
                 role=row.role,
@@ -175,12 +175,12 @@ class Tx:
         )
 
     async def token(self, token_id: str) -> TokenRow | None:
-        result = await self.conn.execute(select(_TOKEN_COLUMNS).where(ServiceToken.id == token_id))
+        result = await self.conn.execute(select(_TOKENS).where(ServiceToken.id == token_id))
         row = result.mappings().first()
         return None if row is None else _token_row(row)
 
     async def tokens(self) -> list[TokenRow]:
-        result = await self.conn.execute(select(_TOKEN_COLUMNS).order_by(ServiceToken.created_at))
+        result = await self.conn.execute(select(_TOKENS).order_by(ServiceToken.created_at))
         return [_token_row(row) for row in result.mappings()]
 
     async def revoke_token(self, token_id: str, now: datetime) -> bool:

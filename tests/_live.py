@@ -1,0 +1,97 @@
+"""A real vault on loopback: both apps under uvicorn, in a background thread with its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from vault._server import _Server
+from vault.api import create_internal_app, create_public_app
+from vault.service import Role, Vault, create_token, utcnow
+from vault.settings import Settings
+from vault.store import Store
+
+
+@dataclass
+class LiveVault:
+    public: str
+    internal: str
+    admin_token: str
+    settings: Settings
+
+    def token(self, role: str, **extra: object) -> str:
+        response = httpx.post(
+            f"{self.internal}/v1/tokens",
+            json={"role": role, "name": f"test-{role}", **extra},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+        assert response.status_code == 201, response.text
+        token: str = response.json()["token"]
+        return token
+
+
+def make_admin_token(settings: Settings) -> str:
+    async def run() -> str:
+        store = Store.connect(settings.require_database_url(), pool_size=1)
+        try:
+            token, _ = await create_token(store, role=Role.ADMIN, name="test-admin", now=utcnow())
+            return token
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@contextmanager
+def live_vault(settings: Settings) -> Iterator[LiveVault]:
+    admin = make_admin_token(settings)
+    started = threading.Event()
+    servers: list[uvicorn.Server] = []
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        vault = Vault.from_settings(settings)
+        try:
+            for app in (create_public_app(settings, vault=vault), create_internal_app(settings, vault=vault)):
+                config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+                servers.append(_Server(config))
+            tasks = [asyncio.create_task(s.serve()) for s in servers]
+            while not all(s.started for s in servers):
+                if any(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            started.set()
+            await asyncio.gather(*tasks)
+        finally:
+            await vault.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30), "the vault did not start"
+    if failure or not all(s.started for s in servers):
+        raise RuntimeError("the vault failed to start") from (failure[0] if failure else None)
+    ports = [s.servers[0].sockets[0].getsockname()[1] for s in servers]
+    try:
+        yield LiveVault(
+            public=f"http://127.0.0.1:{ports[0]}",
+            internal=f"http://127.0.0.1:{ports[1]}",
+            admin_token=admin,
+            settings=settings,
+        )
+    finally:
+        for server in servers:
+            server.should_exit = True
+        thread.join(30)

@@ -1,0 +1,551 @@
+"""vault.sessions.parse_session: both export formats, every rejection rule, and no leaks."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
+
+import pytest
+
+from tests.sessiongen import make_session, reencode, secret_strings, signer_strings
+from vault.errors import InvalidSession, SessionExpired
+from vault.sessions import MAX_SESSION_CHARS, ParsedSession, SessionFormat, WalletInfo, parse_session
+
+NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=UTC)
+
+NOT_A_STRING = "the session is not a string"
+EMPTY = "the session is empty"
+TOO_LARGE = "the session is too large"
+NOT_BASE64 = "the session is not valid base64"
+NOT_JSON = "the session is not JSON"
+DUPLICATE_KEYS = "the session JSON has duplicate keys"
+NOT_AN_OBJECT = "the session is not a JSON object"
+AUTH_INFO_NOT_OBJECT = "the session's authInfo is not an object"
+UNKNOWN_FORMAT = "the session matches no known export format"
+BAD_USER_ID = "the session has no valid userId"
+NO_WALLETS = "the session has no wallets object"
+TOO_MANY_WALLETS = "the session has too many wallets"
+BAD_WALLET = "the session has a malformed wallet"
+WALLET_ID_MISMATCH = "a wallet's id does not match its key"
+BAD_SIGNER = "a wallet's signer is not a string"
+FOREIGN_WALLET = "a wallet belongs to a different user"
+NO_COOKIE = "the session has no session cookie"
+BAD_EXPIRES = "the session cookie's Expires is not an HTTP date"
+DUPLICATE_EXPIRES = "the session cookie has more than one Expires attribute"
+BAD_CURRENT_WALLET_IDS = "the session's currentWalletIds is not an object"
+BAD_EXTERNAL_WALLETS = "the session's externalWallets is not an object"
+
+
+def _session(**kwargs: Any) -> tuple[str, dict[str, Any]]:
+    return make_session(kwargs.pop("seed", 7), now=NOW, **kwargs)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _first_wallet(body: dict[str, Any]) -> dict[str, Any]:
+    return cast(dict[str, Any], next(iter(body["wallets"].values())))
+
+
+def _set_cookie_expires(body: dict[str, Any], expires: str) -> None:
+    name_value = body["sessionCookie"].split(";", 1)[0]
+    body["sessionCookie"] = f"{name_value}; Path=/; {expires}; HttpOnly; Secure"
+
+
+# --- accepted sessions -------------------------------------------------------------------------------------
+
+
+def test_para_session_parses() -> None:
+    serialized, body = _session()
+    parsed = parse_session(serialized, now=NOW)
+    assert parsed.user_id == body["userId"]
+    assert parsed.format is SessionFormat.PARA
+    assert [w.id for w in parsed.wallets] == list(body["wallets"])
+    assert [(w.type, w.scheme) for w in parsed.wallets] == [("EVM", "DKLS"), ("SOLANA", "ED25519")]
+    assert all(w.has_signer for w in parsed.wallets)
+    assert parsed.has_signers is True
+    assert parsed.expires_at == NOW + timedelta(hours=2)
+    assert parsed.expires_at is not None
+    assert parsed.expires_at.utcoffset() == timedelta(0)
+
+
+def test_realistic_size() -> None:
+    serialized, _ = _session()
+    assert 6_000 < len(serialized) < 9_000
+
+
+def test_capsule_email_session_parses() -> None:
+    serialized, body = _session(legacy=True)
+    assert "authInfo" not in body and "email" in body
+    parsed = parse_session(serialized, now=NOW)
+    assert parsed.format is SessionFormat.CAPSULE
+    assert parsed.user_id == body["userId"]
+    assert [w.id for w in parsed.wallets] == list(body["wallets"])
+    assert parsed.has_signers is True
+    assert parsed.expires_at == NOW + timedelta(hours=2)
+
+
+def test_capsule_phone_session_parses() -> None:
+    serialized, body = _session(legacy_phone=True)
+    assert "email" not in body and "phone" in body and "countryCode" in body
+    parsed = parse_session(serialized, now=NOW)
+    assert parsed.format is SessionFormat.CAPSULE
+    assert parsed.user_id == body["userId"]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_exclude_signers_session_parses(legacy: bool) -> None:
+    serialized, body = _session(signers=False, legacy=legacy)
+    assert signer_strings(body) == []
+    parsed = parse_session(serialized, now=NOW)
+    assert parsed.has_signers is False
+    assert [w.has_signer for w in parsed.wallets] == [False, False]
+    assert [w.type for w in parsed.wallets] == ["EVM", "SOLANA"]
+
+
+def test_one_signer_is_enough_for_has_signers() -> None:
+    _, body = _session()
+    del _first_wallet(body)["signer"]
+    parsed = parse_session(reencode(body), now=NOW)
+    assert [w.has_signer for w in parsed.wallets] == [False, True]
+    assert parsed.has_signers is True
+
+
+def test_empty_signer_is_no_signer() -> None:
+    _, body = _session()
+    for wallet in body["wallets"].values():
+        wallet["signer"] = ""
+    assert parse_session(reencode(body), now=NOW).has_signers is False
+
+
+def test_null_optional_fields_count_as_absent() -> None:
+    _, body = _session()
+    wallet = _first_wallet(body)
+    wallet.update(signer=None, scheme=None, userId=None)
+    body.update(currentWalletIds=None, externalWallets=None, email=None)
+    parsed = parse_session(reencode(body), now=NOW)
+    assert parsed.wallets[0] == WalletInfo(id=wallet["id"], type="EVM", scheme=None, has_signer=False)
+
+
+def test_minimal_session_parses() -> None:
+    body = {"email": "a@example.com", "userId": "u1", "wallets": {}, "sessionCookie": "capsule.sid=x"}
+    parsed = parse_session(reencode(body), now=NOW)
+    assert parsed == ParsedSession(
+        user_id="u1", format=SessionFormat.CAPSULE, wallets=(), has_signers=False, expires_at=None
+    )
+
+
+def test_no_expiry_gives_none() -> None:
+    serialized, body = _session(no_expiry=True)
+    assert "expires" not in body["sessionCookie"].lower()
+    assert parse_session(serialized, now=NOW).expires_at is None
+
+
+def test_expires_attribute_name_is_case_insensitive() -> None:
+    _, body = _session()
+    _set_cookie_expires(body, "eXPIRES = Thu, 01 Oct 2026 13:00:00 GMT")
+    assert parse_session(reencode(body), now=NOW).expires_at == NOW + timedelta(hours=1)
+
+
+def test_expires_with_offset_is_converted_to_utc() -> None:
+    _, body = _session()
+    _set_cookie_expires(body, "Expires=Thu, 01 Oct 2026 15:00:00 +0200")
+    expires_at = parse_session(reencode(body), now=NOW).expires_at
+    assert expires_at == NOW + timedelta(hours=1)
+    assert expires_at is not None and expires_at.tzinfo is UTC
+
+
+def test_expires_minus_zero_is_read_as_utc() -> None:
+    _, body = _session()
+    _set_cookie_expires(body, "Expires=Thu, 01 Oct 2026 13:00:00 -0000")
+    expires_at = parse_session(reencode(body), now=NOW).expires_at
+    assert expires_at == NOW + timedelta(hours=1)
+    assert expires_at is not None and expires_at.tzinfo is UTC
+
+
+def test_expires_in_the_cookie_value_is_not_an_attribute() -> None:
+    _, body = _session()
+    body["sessionCookie"] = "Expires=garbage; Path=/"
+    assert parse_session(reencode(body), now=NOW).expires_at is None
+
+
+def test_surrounding_whitespace_and_missing_padding_are_accepted() -> None:
+    serialized, body = _session()
+    assert parse_session(f" \n\t{serialized}\r\n ", now=NOW).user_id == body["userId"]
+    widths = set()
+    for n in range(10, 13):  # vary the length so every padding width occurs
+        small = {"email": "a@example.com", "userId": "u" * n, "wallets": {}, "sessionCookie": "c=1"}
+        padded = reencode(small)
+        widths.add(len(padded) - len(padded.rstrip("=")))
+        assert parse_session(padded.rstrip("="), now=NOW).user_id == small["userId"]
+    assert widths == {0, 1, 2}
+
+
+def test_session_of_exactly_max_chars_is_accepted() -> None:
+    serialized, _ = _session()
+    padded = serialized + " " * (MAX_SESSION_CHARS - len(serialized))
+    assert len(padded) == MAX_SESSION_CHARS
+    parse_session(padded, now=NOW)
+
+
+@pytest.mark.parametrize("user_id", ["u", "a" * 128, "A-z.0_9:x@y", "google-oauth2|x".replace("|", ":")])
+def test_user_id_alphabet(user_id: str) -> None:
+    serialized, _ = _session(user_id=user_id)
+    assert parse_session(serialized, now=NOW).user_id == user_id
+
+
+def test_sixty_four_wallets_are_accepted() -> None:
+    _, body = _session(signers=False)
+    template = _first_wallet(body)
+    body["wallets"] = {f"w{i}": {**template, "id": f"w{i}"} for i in range(64)}
+    assert len(parse_session(reencode(body), now=NOW).wallets) == 64
+
+
+def test_now_in_another_zone_is_compared_as_an_instant() -> None:
+    serialized, _ = _session()
+    later = (NOW + timedelta(hours=3)).astimezone(timezone(timedelta(hours=-5)))
+    with pytest.raises(SessionExpired):
+        parse_session(serialized, now=later)
+
+
+def test_naive_now_is_a_programming_error() -> None:
+    serialized, _ = _session()
+    with pytest.raises(ValueError, match="timezone-aware"):
+        parse_session(serialized, now=NOW.replace(tzinfo=None))
+
+
+# --- the parsed result holds no secret ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [{}, {"legacy": True}, {"legacy_phone": True}, {"signers": False}])
+def test_parsed_session_holds_no_secret(variant: dict[str, bool]) -> None:
+    serialized, body = _session(**variant)
+    parsed = parse_session(serialized, now=NOW)
+    text = repr(parsed) + str(parsed) + repr(dataclasses.astuple(parsed))
+    secrets = secret_strings(body)
+    assert secrets
+    for secret in secrets:
+        assert secret not in text
+    assert {f.name for f in dataclasses.fields(ParsedSession)} == {
+        "user_id",
+        "format",
+        "wallets",
+        "has_signers",
+        "expires_at",
+    }
+    assert {f.name for f in dataclasses.fields(WalletInfo)} == {"id", "type", "scheme", "has_signer"}
+
+
+def test_parsed_session_is_frozen_and_slotted() -> None:
+    serialized, _ = _session()
+    parsed = parse_session(serialized, now=NOW)
+    assert not hasattr(parsed, "__dict__")
+    assert not hasattr(parsed.wallets[0], "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.user_id = "other"  # type: ignore[misc]
+
+
+def test_session_format_values() -> None:
+    assert str(SessionFormat.PARA) == SessionFormat.PARA.value == "para"
+    assert str(SessionFormat.CAPSULE) == SessionFormat.CAPSULE.value == "capsule"
+    assert {f.value for f in SessionFormat} == {"para", "capsule"}
+
+
+# --- expiry ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_expired_session_raises_session_expired(legacy: bool) -> None:
+    serialized, body = _session(expired=True, legacy=legacy)
+    with pytest.raises(SessionExpired) as info:
+        parse_session(serialized, now=NOW)
+    assert info.value.detail == "the session has expired"
+    assert isinstance(info.value, InvalidSession)
+    _assert_no_leak(info.value, secret_strings(body))
+
+
+def test_expiry_boundary() -> None:
+    serialized, _ = _session()
+    expires = NOW + timedelta(hours=2)
+    with pytest.raises(SessionExpired):
+        parse_session(serialized, now=expires)
+    assert parse_session(serialized, now=expires - timedelta(microseconds=1)).expires_at == expires
+
+
+def test_expired_but_malformed_is_invalid_not_expired() -> None:
+    _, body = _session(expired=True)
+    body["userId"] = "not/valid"
+    with pytest.raises(InvalidSession) as info:
+        parse_session(reencode(body), now=NOW)
+    assert type(info.value) is InvalidSession
+    assert info.value.detail == BAD_USER_ID
+
+
+# --- rejections --------------------------------------------------------------------------------------------
+
+Case = tuple[object, dict[str, Any]]  # (input to parse_session, the body whose secrets must not leak)
+
+
+def _edit(edit: Callable[[dict[str, Any]], object], **kwargs: Any) -> Callable[[], Case]:
+    def build() -> Case:
+        _, body = _session(**kwargs)
+        original = copy.deepcopy(body)
+        edit(body)
+        return reencode(body), original
+
+    return build
+
+
+def _raw(transform: Callable[[str, dict[str, Any]], object], **kwargs: Any) -> Callable[[], Case]:
+    def build() -> Case:
+        serialized, body = _session(**kwargs)
+        return transform(serialized, body), body
+
+    return build
+
+
+def _json_text(transform: Callable[[str], str]) -> Callable[[], Case]:
+    def build() -> Case:
+        _, body = _session()
+        text = json.dumps(body, separators=(",", ":"))
+        return _b64(transform(text).encode()), body
+
+    return build
+
+
+def _set(path: tuple[str, ...], value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(body: dict[str, Any]) -> None:
+        target = body
+        for key in path[:-1]:
+            target = next(iter(target.values())) if key == "*" else target[key]
+        target[path[-1]] = value
+
+    return edit
+
+
+def _delete(path: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
+    def edit(body: dict[str, Any]) -> None:
+        target = body
+        for key in path[:-1]:
+            target = next(iter(target.values())) if key == "*" else target[key]
+        del target[path[-1]]
+
+    return edit
+
+
+def _rekey_first_wallet(new_key: str) -> Callable[[dict[str, Any]], None]:
+    def edit(body: dict[str, Any]) -> None:
+        wallets = body["wallets"]
+        first = next(iter(wallets))
+        wallets[new_key] = wallets.pop(first)
+        wallets[new_key]["id"] = new_key
+
+    return edit
+
+
+def _too_many_wallets(body: dict[str, Any]) -> None:
+    template = _first_wallet(body)
+    body["wallets"] = {f"w{i}": {**template, "id": f"w{i}"} for i in range(65)}
+
+
+def _dup_top_level(text: str) -> str:
+    return text[:-1] + ',"userId":"other"}'
+
+
+def _dup_in_wallet(text: str) -> str:
+    return text.replace('"scheme":"DKLS"', '"scheme":"DKLS","scheme":"CGGMP"', 1)
+
+
+def _insert_char(char: str) -> Callable[[str, dict[str, Any]], str]:
+    return lambda s, _body: s[:100] + char + s[100:]
+
+
+def _bad_utf8() -> Case:
+    _, body = _session()
+    text = json.dumps(body, separators=(",", ":")).encode()
+    return _b64(text[:-1] + b',"x":"\xff\xfe"}'), body
+
+
+def _wallet_not_object() -> Case:
+    _, body = _session()
+    original = copy.deepcopy(body)
+    first = next(iter(body["wallets"]))
+    body["wallets"][first] = "not a wallet"
+    return reencode(body), original
+
+
+REJECTIONS: dict[str, tuple[Callable[[], Case], str]] = {
+    # not a string, empty, too large
+    "bytes": (_raw(lambda s, _b: s.encode()), NOT_A_STRING),
+    "none": (_raw(lambda _s, _b: None), NOT_A_STRING),
+    "dict": (_raw(lambda _s, body: body), NOT_A_STRING),
+    "empty": (_raw(lambda _s, _b: ""), EMPTY),
+    "whitespace": (_raw(lambda _s, _b: " \t\r\n "), EMPTY),
+    "too large": (_raw(lambda s, _b: s + " " * (MAX_SESSION_CHARS + 1 - len(s))), TOO_LARGE),
+    "too large base64": (_raw(lambda s, _b: s + "A" * MAX_SESSION_CHARS), TOO_LARGE),
+    # base64
+    "bad char": (_raw(_insert_char("!")), NOT_BASE64),
+    "urlsafe alphabet": (_raw(_insert_char("-")), NOT_BASE64),
+    "inner newline": (_raw(_insert_char("\n")), NOT_BASE64),
+    "inner space": (_raw(_insert_char(" ")), NOT_BASE64),
+    "non-ascii": (_raw(_insert_char("é")), NOT_BASE64),
+    "one char too many": (_raw(lambda s, _b: s + "A"), NOT_BASE64),
+    "json not base64": (_raw(lambda _s, body: json.dumps(body)), NOT_BASE64),
+    # JSON
+    "truncated json": (_json_text(lambda t: t[: len(t) // 2]), NOT_JSON),
+    "not json": (_raw(lambda _s, _b: _b64(b"hello, world")), NOT_JSON),
+    "bad utf-8": (_bad_utf8, NOT_JSON),
+    "utf-8 bom": (_json_text(lambda t: "\ufeff" + t), NOT_JSON),
+    "nan": (_json_text(lambda t: t[:-1] + ',"x":NaN}'), NOT_JSON),
+    "infinity": (_json_text(lambda t: t[:-1] + ',"x":-Infinity}'), NOT_JSON),
+    "huge integer": (_json_text(lambda t: t[:-1] + ',"x":' + "9" * 5000 + "}"), NOT_JSON),
+    "deep nesting": (_json_text(lambda t: t[:-1] + ',"x":' + "[" * 15000 + "]" * 15000 + "}"), NOT_JSON),
+    "trailing garbage": (_json_text(lambda t: t + "x"), NOT_JSON),
+    # duplicate keys
+    "duplicate top-level key": (_json_text(_dup_top_level), DUPLICATE_KEYS),
+    "duplicate key in wallet": (_json_text(_dup_in_wallet), DUPLICATE_KEYS),
+    # top level
+    "array": (_raw(lambda _s, _b: _b64(b"[]")), NOT_AN_OBJECT),
+    "string": (_raw(lambda _s, _b: _b64(b'"session"')), NOT_AN_OBJECT),
+    "null": (_raw(lambda _s, _b: _b64(b"null")), NOT_AN_OBJECT),
+    "number": (_raw(lambda _s, _b: _b64(b"12")), NOT_AN_OBJECT),
+    # format
+    "authInfo string": (_edit(_set(("authInfo",), "email")), AUTH_INFO_NOT_OBJECT),
+    "authInfo list": (_edit(_set(("authInfo",), [])), AUTH_INFO_NOT_OBJECT),
+    "no authInfo no email": (_edit(_delete(("authInfo",))), UNKNOWN_FORMAT),
+    "email not a string": (_edit(_set(("email",), 5), legacy=True), UNKNOWN_FORMAT),
+    "phone without countryCode": (_edit(_delete(("countryCode",)), legacy_phone=True), UNKNOWN_FORMAT),
+    "countryCode not a string": (_edit(_set(("countryCode",), 1), legacy_phone=True), UNKNOWN_FORMAT),
+    # userId
+    "no userId": (_edit(_delete(("userId",))), BAD_USER_ID),
+    "userId number": (_edit(_set(("userId",), 42)), BAD_USER_ID),
+    "userId null": (_edit(_set(("userId",), None)), BAD_USER_ID),
+    "userId empty": (_raw(lambda s, _b: s, user_id=""), BAD_USER_ID),
+    "userId too long": (_raw(lambda s, _b: s, user_id="a" * 129), BAD_USER_ID),
+    "userId slash": (_raw(lambda s, _b: s, user_id="a/../b"), BAD_USER_ID),
+    "userId space": (_raw(lambda s, _b: s, user_id="a b"), BAD_USER_ID),
+    "userId trailing newline": (_raw(lambda s, _b: s, user_id="abc\n"), BAD_USER_ID),
+    "userId non-ascii": (_raw(lambda s, _b: s, user_id="usér"), BAD_USER_ID),
+    "userId pipe": (_raw(lambda s, _b: s, user_id="google-oauth2|123"), BAD_USER_ID),
+    # wallets
+    "no wallets": (_edit(_delete(("wallets",))), NO_WALLETS),
+    "wallets list": (_edit(_set(("wallets",), [])), NO_WALLETS),
+    "wallets null": (_edit(_set(("wallets",), None)), NO_WALLETS),
+    "65 wallets": (_edit(_too_many_wallets, signers=False), TOO_MANY_WALLETS),
+    "wallet not object": (_wallet_not_object, BAD_WALLET),
+    "wallet no id": (_edit(_delete(("wallets", "*", "id"))), BAD_WALLET),
+    "wallet id number": (_edit(_set(("wallets", "*", "id"), 1)), BAD_WALLET),
+    "wallet id mismatch": (_edit(_set(("wallets", "*", "id"), "other")), WALLET_ID_MISMATCH),
+    "wallet id bad chars": (_edit(_rekey_first_wallet("a/b")), BAD_WALLET),
+    "wallet id empty": (_edit(_rekey_first_wallet("")), BAD_WALLET),
+    "wallet no type": (_edit(_delete(("wallets", "*", "type"))), BAD_WALLET),
+    "wallet type number": (_edit(_set(("wallets", "*", "type"), 1)), BAD_WALLET),
+    "wallet type bad chars": (_edit(_set(("wallets", "*", "type"), "EVM\n")), BAD_WALLET),
+    "wallet scheme number": (_edit(_set(("wallets", "*", "scheme"), 1)), BAD_WALLET),
+    "wallet scheme too long": (_edit(_set(("wallets", "*", "scheme"), "D" * 33)), BAD_WALLET),
+    "signer number": (_edit(_set(("wallets", "*", "signer"), 123)), BAD_SIGNER),
+    "signer object": (_edit(_set(("wallets", "*", "signer"), {"share": "x"})), BAD_SIGNER),
+    "signer list": (_edit(_set(("wallets", "*", "signer"), ["x"])), BAD_SIGNER),
+    "signer true": (_edit(_set(("wallets", "*", "signer"), True)), BAD_SIGNER),
+    "wallet of another user": (_edit(_set(("wallets", "*", "userId"), "someone-else")), FOREIGN_WALLET),
+    "wallet userId number": (_edit(_set(("wallets", "*", "userId"), 7)), FOREIGN_WALLET),
+    # cookie
+    "no cookie": (_edit(_delete(("sessionCookie",))), NO_COOKIE),
+    "empty cookie": (_edit(_set(("sessionCookie",), "")), NO_COOKIE),
+    "cookie number": (_edit(_set(("sessionCookie",), 1)), NO_COOKIE),
+    "cookie object": (_edit(_set(("sessionCookie",), {"sid": "x"})), NO_COOKIE),
+    "expires garbage": (_edit(lambda b: _set_cookie_expires(b, "Expires=tomorrow-ish")), BAD_EXPIRES),
+    "expires empty": (_edit(lambda b: _set_cookie_expires(b, "Expires=")), BAD_EXPIRES),
+    "expires no value": (_edit(lambda b: _set_cookie_expires(b, "Expires")), BAD_EXPIRES),
+    "expires bad month": (
+        _edit(lambda b: _set_cookie_expires(b, "Expires=Thu, 01 Foo 2026 13:00:00 GMT")),
+        BAD_EXPIRES,
+    ),
+    "expires bad day": (
+        _edit(lambda b: _set_cookie_expires(b, "Expires=Thu, 41 Oct 2026 13:00:00 GMT")),
+        BAD_EXPIRES,
+    ),
+    "expires year overflow": (
+        _edit(lambda b: _set_cookie_expires(b, "Expires=Fri, 31 Dec 9999 23:00:00 -0500")),
+        BAD_EXPIRES,
+    ),
+    "expires twice": (
+        _edit(
+            lambda b: _set_cookie_expires(
+                b, "Expires=Thu, 01 Oct 2026 13:00:00 GMT; expires=Thu, 01 Oct 2026 14:00:00 GMT"
+            )
+        ),
+        DUPLICATE_EXPIRES,
+    ),
+    # optional objects
+    "currentWalletIds list": (_edit(_set(("currentWalletIds",), [])), BAD_CURRENT_WALLET_IDS),
+    "currentWalletIds string": (_edit(_set(("currentWalletIds",), "x")), BAD_CURRENT_WALLET_IDS),
+    "externalWallets list": (_edit(_set(("externalWallets",), [])), BAD_EXTERNAL_WALLETS),
+    "externalWallets number": (_edit(_set(("externalWallets",), 0)), BAD_EXTERNAL_WALLETS),
+}
+
+
+def _assert_no_leak(exc: BaseException, secrets: list[str]) -> None:
+    rendered = [str(exc), repr(exc), repr(exc.args), "".join(traceback.format_exception(exc))]
+    if isinstance(exc, InvalidSession):
+        rendered.append(exc.detail)
+    # Whole secrets, and a 16-character window from the start and the end of each long one.
+    needles = set(secrets)
+    needles |= {s[:16] for s in secrets if len(s) > 16} | {s[-16:] for s in secrets if len(s) > 16}
+    for text in rendered:
+        for needle in needles:
+            assert needle not in text
+    # Decoder errors (which can quote input) are neither chained nor shown.
+    assert exc.__cause__ is None
+    assert exc.__context__ is None or exc.__suppress_context__
+
+
+@pytest.mark.parametrize("name", list(REJECTIONS))
+def test_rejection(name: str) -> None:
+    build, detail = REJECTIONS[name]
+    serialized, body = build()
+    with pytest.raises(InvalidSession) as info:
+        parse_session(serialized, now=NOW)  # type: ignore[arg-type]
+    exc = info.value
+    assert type(exc) is InvalidSession
+    assert exc.detail == detail
+    assert str(exc) == detail
+    assert repr(exc) == f"InvalidSession({detail!r})"
+    _assert_no_leak(exc, secret_strings(body))
+
+
+def test_rejection_secrets_are_really_in_the_input() -> None:
+    # Guard the leak checks: the cases above do carry secrets.
+    for name in ("truncated json", "duplicate key in wallet", "expires garbage", "wallet of another user"):
+        serialized, body = REJECTIONS[name][0]()
+        assert isinstance(serialized, str)
+        assert secret_strings(body)
+        assert len(signer_strings(body)) == 2
+
+
+def test_secret_strings_cover_every_secret_kind() -> None:
+    _, body = _session()
+    secrets = secret_strings(body)
+    wallet = _first_wallet(body)
+    for value in (wallet["signer"], wallet["address"], wallet["publicKey"], body["sessionCookie"]):
+        assert value in secrets
+    assert body["authInfo"]["identifier"] in secrets
+    assert body["userId"] not in secrets
+    assert wallet["id"] not in secrets
+    _, phone_body = _session(legacy_phone=True)
+    assert phone_body["phone"] in secret_strings(phone_body)
+
+
+def test_generator_is_deterministic_per_seed() -> None:
+    assert make_session(3, now=NOW) == make_session(3, now=NOW)
+    assert make_session(3, now=NOW)[0] != make_session(4, now=NOW)[0]
+    serialized, body = make_session(3, now=NOW)
+    assert json.loads(base64.b64decode(serialized)) == body
+    assert reencode(body) == serialized

@@ -1,0 +1,21 @@
+"""The public surface of vault.sessions: the rest of the project is written against exactly these names."""
+
+from __future__ import annotations
+
+import vault.sessions
+
+EXPECTED = {"MAX_SESSION_CHARS", "ParsedSession", "SessionFormat", "WalletInfo", "parse_session"}
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(vault.sessions.__all__) == EXPECTED
+    assert len(vault.sessions.__all__) == len(EXPECTED)
+
+
+def test_every_exported_name_exists() -> None:
+    for name in vault.sessions.__all__:
+        assert hasattr(vault.sessions, name)
+
+
+def test_max_session_chars() -> None:
+    assert vault.sessions.MAX_SESSION_CHARS == 64 * 1024
