@@ -17,7 +17,7 @@ import psycopg
 
 from vault.store import Store, upgrade
 
-TABLES = ("users", "user_keys", "sessions", "service_tokens")
+TABLES = ("users", "user_keys", "sessions", "service_tokens", "leases", "audit_events")
 _counter = itertools.count()
 
 

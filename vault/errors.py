@@ -13,14 +13,24 @@ written by the vault, never copied from input.
     ├── TooLarge                    too_large
     ├── UnsupportedMediaType        unsupported_media_type
     ├── NotFound                    not_found
+    │   ├── NoSession               no_session
+    │   └── NoLease                 no_lease
+    ├── SessionGone
+    │   ├── SessionRevoked          session_revoked
+    │   ├── SessionSuperseded       session_superseded
+    │   └── StoredSessionExpired    session_expired
+    ├── LeaseHeld                   lease_held       (carries retry_after)
+    ├── LeaseLost                   lease_lost
     ├── InvalidSession              invalid_session
     │   └── SessionExpired          session_expired
     ├── AuthError
     │   ├── Unauthorized            unauthorized
     │   └── Forbidden               forbidden
+    │       └── PurposeNotAllowed   purpose_not_allowed
     ├── DecryptionError             decryption_failed
     ├── KeyUnavailable              key_unavailable
     ├── StoreUnavailable            store_unavailable
+    ├── AuditUnavailable            audit_unavailable
     └── ConfigError                 config_error
 """
 
@@ -29,6 +39,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuditUnavailable",
     "AuthError",
     "ConfigError",
     "DecryptionError",
@@ -36,9 +47,18 @@ __all__ = [
     "InvalidRequest",
     "InvalidSession",
     "KeyUnavailable",
+    "LeaseHeld",
+    "LeaseLost",
+    "NoLease",
+    "NoSession",
     "NotFound",
+    "PurposeNotAllowed",
     "SessionExpired",
+    "SessionGone",
+    "SessionRevoked",
+    "SessionSuperseded",
     "StoreUnavailable",
+    "StoredSessionExpired",
     "TooLarge",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -82,6 +102,60 @@ class NotFound(VaultError):
     default_detail = "not found"
 
 
+class NoSession(NotFound):
+    """No session matches: the user has none, or the session id is unknown."""
+
+    code = "no_session"
+    default_detail = "no such session"
+
+
+class NoLease(NotFound):
+    code = "no_lease"
+    default_detail = "no such lease"
+
+
+class SessionGone(VaultError):
+    """The session exists but can no longer be leased."""
+
+    code = "session_gone"
+    default_detail = "the session can no longer be used"
+
+
+class SessionRevoked(SessionGone):
+    code = "session_revoked"
+    default_detail = "the session was revoked"
+
+
+class SessionSuperseded(SessionGone):
+    code = "session_superseded"
+    default_detail = "a newer session of this user replaced this one"
+
+
+class StoredSessionExpired(SessionGone):
+    """A stored session whose cookie expiry has passed (at ingest the same code is a 422)."""
+
+    code = "session_expired"
+    default_detail = "the session has expired"
+
+
+class LeaseHeld(VaultError):
+    """Another unexpired lease holds the session. ``retry_after`` is whole seconds until it expires."""
+
+    code = "lease_held"
+    default_detail = "the session is leased by another holder"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class LeaseLost(VaultError):
+    """The lease expired, was released, or a newer fencing token exists. Nothing was changed."""
+
+    code = "lease_lost"
+    default_detail = "the lease is no longer held (expired, released, or fenced off)"
+
+
 class InvalidSession(VaultError):
     """A serialized session that is not base64, not JSON, of no known format, or incomplete."""
 
@@ -114,6 +188,11 @@ class Forbidden(AuthError):
     default_detail = "this credential's role may not do this"
 
 
+class PurposeNotAllowed(Forbidden):
+    code = "purpose_not_allowed"
+    default_detail = "this credential may not name that purpose"
+
+
 class DecryptionError(VaultError):
     """Any failed decryption: wrong key, wrong associated data, bad tag, bad header. Deliberately opaque."""
 
@@ -133,6 +212,13 @@ class StoreUnavailable(VaultError):
 
     code = "store_unavailable"
     default_detail = "the store is unavailable"
+
+
+class AuditUnavailable(VaultError):
+    """The audit record could not be written, so the operation was not done (fail-closed)."""
+
+    code = "audit_unavailable"
+    default_detail = "the audit log is unavailable; nothing was released"
 
 
 class ConfigError(VaultError):

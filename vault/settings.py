@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     dek_cache_max_entries: int = 10_000
     db_pool_size: int = 10
     max_body_bytes: int = 64 * 1024
+    lease_max_ttl_seconds: int = 300
     dev_mode: bool = False
 
     @classmethod

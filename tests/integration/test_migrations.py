@@ -51,7 +51,7 @@ def test_downgrade_to_base_and_upgrade_again(db_url: str, raw: RawDb) -> None:
             await store.close()
 
     asyncio.run(run())
-    assert raw.counts() == {"users": 0, "user_keys": 0, "sessions": 0, "service_tokens": 0}
+    assert set(raw.counts().values()) == {0}
     assert _diff(db_url) == []
 
 

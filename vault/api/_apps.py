@@ -21,6 +21,7 @@ from vault.api._deps import (
     read_json,
 )
 from vault.api._errors import install_error_handlers, responses_for
+from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
 from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
 from vault.service import Role, Vault, create_token, list_tokens, revoke_token
@@ -90,6 +91,8 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         version="0.1.0",
         lifespan=_lifespan(settings, vault),
     )
+
+    app.include_router(leases_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -10,14 +12,16 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from vault.errors import InvalidRequest, UnsupportedMediaType
-from vault.service import Principal, Role, Vault
+from vault.service import Context, Principal, Role, Vault
 
 __all__ = [
     "AdminCaller",
     "IngestCaller",
+    "SignerCaller",
     "VaultDep",
     "json_body_schema",
     "read_json",
+    "request_context",
     "require_role",
 ]
 
@@ -43,6 +47,17 @@ def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Principal]]
 
 IngestCaller = Annotated[Principal, Depends(require_role(Role.INGEST))]
 AdminCaller = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+SignerCaller = Annotated[Principal, Depends(require_role(Role.SIGNER))]
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_context(request: Request, principal: Principal) -> Context:
+    """The audit context of a request: the caller, a request id (``X-Request-Id`` if sane), the source."""
+    given = request.headers.get("x-request-id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+    source = request.client.host if request.client is not None else None
+    return Context(principal=principal, request_id=request_id, source=source)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -27,6 +27,10 @@ _STATUS: dict[type[e.VaultError], int] = {
     e.TooLarge: 413,
     e.UnsupportedMediaType: 415,
     e.NotFound: 404,
+    e.SessionGone: 410,
+    e.LeaseHeld: 409,
+    e.LeaseLost: 409,
+    e.AuditUnavailable: 503,
     e.InvalidSession: 422,
     e.Unauthorized: 401,
     e.Forbidden: 403,
@@ -76,6 +80,12 @@ async def _vault_error(_request: Request, exc: Exception) -> JSONResponse:
     status = status_of(type(exc))
     if status >= 500:
         log.warning("request failed: %s", exc.code)
+    if isinstance(exc, e.LeaseHeld):
+        return JSONResponse(
+            {"error": exc.code, "detail": exc.detail, "retry_after": exc.retry_after},
+            status_code=status,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     return error_response(exc.code, exc.detail, status)
 
 

@@ -9,7 +9,19 @@ from pydantic import BaseModel, Field
 
 from vault.service import IngestResult, TokenInfo
 
-__all__ = ["ImportSession", "ImportedSession", "NewToken", "TokenCreated", "TokenView"]
+__all__ = [
+    "ImportSession",
+    "ImportedSession",
+    "LeaseGranted",
+    "LeaseRequest",
+    "NewToken",
+    "ReleaseRequest",
+    "Released",
+    "RenewRequest",
+    "Renewed",
+    "TokenCreated",
+    "TokenView",
+]
 
 
 class ImportSession(BaseModel):
@@ -74,3 +86,41 @@ class TokenView(BaseModel):
 
 class TokenCreated(TokenView):
     token: str = Field(description="The bearer token. Shown once; the vault keeps only its hash.")
+
+
+class LeaseRequest(BaseModel):
+    purpose: str = Field(description="Why the session is needed (1-64 of A-Z a-z 0-9 . _ : -); audited.")
+    ttl_seconds: int = Field(
+        default=30, description="Lease length; 1 to the vault's and the token's maximum."
+    )
+
+
+class LeaseGranted(BaseModel):
+    lease_id: str
+    session_id: str
+    user_id: str
+    fencing_token: int = Field(description="Strictly increasing per session; required to renew or release.")
+    expires_at: datetime
+    session: str = Field(description="The decrypted serialized session. Returned once, only here.")
+
+
+class RenewRequest(BaseModel):
+    fencing_token: int
+
+
+class Renewed(BaseModel):
+    lease_id: str
+    expires_at: datetime
+
+
+class ReleaseRequest(BaseModel):
+    fencing_token: int
+    session: str | None = Field(
+        default=None, description="The refreshed session, stored as the session's next version."
+    )
+
+
+class Released(BaseModel):
+    lease_id: str
+    released: bool = True
+    written_back: bool

@@ -1,6 +1,8 @@
 """Use cases and their transaction boundaries: ingest, credentials (and later lease, rotate, shred)."""
 
+from vault.service._context import Context
 from vault.service._ingest import IngestResult, ingest, open_session
+from vault.service._leases import DEFAULT_TTL, Grant, LeaseService, Renewal
 from vault.service._tokens import (
     Principal,
     Role,
@@ -13,8 +15,13 @@ from vault.service._tokens import (
 from vault.service._vault import Vault, utcnow
 
 __all__ = [
+    "DEFAULT_TTL",
+    "Context",
+    "Grant",
     "IngestResult",
+    "LeaseService",
     "Principal",
+    "Renewal",
     "Role",
     "TokenInfo",
     "Vault",

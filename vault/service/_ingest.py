@@ -10,7 +10,7 @@ from vault.crypto import seal, session_aad, unseal
 from vault.keys import DekCache, KekProvider
 from vault.service._keys import active_dek, dek_by_version
 from vault.sessions import parse_session
-from vault.store import SessionRow, Store, Tx
+from vault.store import LockedSession, SessionRow, Store, Tx
 
 __all__ = ["IngestResult", "ingest", "open_session"]
 
@@ -71,7 +71,7 @@ async def ingest(
     )
 
 
-async def open_session(tx: Tx, kek: KekProvider, cache: DekCache, row: SessionRow) -> str:
+async def open_session(tx: Tx, kek: KekProvider, cache: DekCache, row: SessionRow | LockedSession) -> str:
     """Decrypt a stored session. Raises :class:`~vault.errors.DecryptionError` on any mismatch."""
     dek = await dek_by_version(tx, kek, cache, row.user_id, row.dek_version)
     plaintext = unseal(row.ciphertext, key=dek.reveal(), aad=session_aad(row.user_id, row.id, row.version))

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from vault.keys import DekCache, KekProvider, LocalKeyringProvider
 from vault.service._ingest import IngestResult, ingest
+from vault.service._leases import LeaseService
 from vault.service._tokens import Principal, Role, authenticate
 from vault.settings import Settings
 from vault.store import Store
@@ -37,6 +38,9 @@ class Vault:
         self.kek = kek
         self.dek_cache = dek_cache
         self.clock = clock
+        self.leases = LeaseService(
+            store=store, kek=kek, cache=dek_cache, max_ttl=settings.lease_max_ttl_seconds
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:

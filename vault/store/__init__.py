@@ -2,14 +2,37 @@
 
 from vault.store._engine import make_engine
 from vault.store._migrate import alembic_config, migrations_dir, upgrade
-from vault.store._models import Base, ServiceToken, SessionRecord, User, UserKey, UtcDateTime
-from vault.store._rows import SessionRow, TokenRow, UserKeyRow
+from vault.store._models import (
+    AuditEvent,
+    Base,
+    Lease,
+    ServiceToken,
+    SessionRecord,
+    User,
+    UserKey,
+    UtcDateTime,
+)
+from vault.store._rows import (
+    AuditRecord,
+    LeaseRow,
+    LockedLease,
+    LockedSession,
+    SessionRow,
+    TokenRow,
+    UserKeyRow,
+)
 from vault.store._store import Store, Tx
 
 metadata = Base.metadata
 
 __all__ = [
+    "AuditEvent",
+    "AuditRecord",
     "Base",
+    "Lease",
+    "LeaseRow",
+    "LockedLease",
+    "LockedSession",
     "ServiceToken",
     "SessionRecord",
     "SessionRow",

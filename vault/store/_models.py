@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -18,11 +19,13 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "ServiceToken", "SessionRecord", "User", "UserKey", "UtcDateTime"]
+__all__ = ["AuditEvent", "Base", "Lease", "ServiceToken", "SessionRecord", "User", "UserKey", "UtcDateTime"]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -83,7 +86,17 @@ class SessionRecord(Base):
     """One imported session: ciphertext plus the non-secret metadata needed to query it."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index(None, "user_id", "created_at"),)
+    __table_args__ = (
+        Index(None, "user_id", "created_at"),
+        # At most one active session per user, enforced by the database.
+        Index(
+            "ux_sessions_one_active_per_user",
+            "user_id",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
@@ -112,3 +125,60 @@ class ServiceToken(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Lease(Base):
+    """Every grant of a session, ever. Times are microseconds since the epoch on the database's clock.
+
+    ``(session_id, fencing_token)`` is unique and tokens are assigned as max + 1 under the session's row
+    lock, so they strictly increase per session. The partial unique index allows one open lease
+    (``ended_us IS NULL``) per session; an open lease whose ``expires_us`` has passed is taken over (ended)
+    by the next grant.
+    """
+
+    __tablename__ = "leases"
+    __table_args__ = (
+        UniqueConstraint("session_id", "fencing_token"),
+        Index(
+            "ux_leases_one_open_per_session",
+            "session_id",
+            unique=True,
+            postgresql_where=text("ended_us IS NULL"),
+            sqlite_where=text("ended_us IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    user_id: Mapped[str] = mapped_column(String(128))
+    session_version: Mapped[int] = mapped_column(Integer)
+    fencing_token: Mapped[int] = mapped_column(BigInteger)
+    holder_token_id: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(64))
+    ttl_seconds: Mapped[int] = mapped_column(Integer)
+    granted_us: Mapped[int] = mapped_column(BigInteger)
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+    ended_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)  # released | expired
+
+
+class AuditEvent(Base):
+    """One security-relevant event. Never holds session content, keys or tokens (token ids only)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "user_id", "id"), Index(None, "action", "id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at_us: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | denied | error
+    actor_token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    actor_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    purpose: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)

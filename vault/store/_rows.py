@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["SessionRow", "TokenRow", "UserKeyRow"]
+__all__ = [
+    "AuditRecord",
+    "LeaseRow",
+    "LockedLease",
+    "LockedSession",
+    "SessionRow",
+    "TokenRow",
+    "UserKeyRow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +53,63 @@ class TokenRow:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LockedSession:
+    """A session row locked for a lease decision, with the database's clock read in the same statement."""
+
+    id: str
+    user_id: str
+    version: int
+    dek_version: int
+    status: str
+    expires_at: datetime | None
+    ciphertext: bytes = field(repr=False)
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    id: str
+    session_id: str
+    user_id: str
+    session_version: int
+    fencing_token: int
+    holder_token_id: str
+    purpose: str
+    ttl_seconds: int
+    granted_us: int
+    expires_us: int
+    ended_us: int | None
+    end_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LockedLease:
+    """A lease and its session, both row-locked, with the newest fencing token and the database's clock."""
+
+    lease: LeaseRow
+    session_status: str
+    session_version: int
+    session_dek_version: int
+    newest_fence: int
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """The fields of one audit event. Identifiers only: never session content, keys or token secrets."""
+
+    action: str
+    outcome: str
+    actor_token_id: str | None = None
+    actor_name: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    lease_id: str | None = None
+    fencing_token: int | None = None
+    purpose: str | None = None
+    detail: str | None = None
+    request_id: str | None = None
+    source: str | None = None

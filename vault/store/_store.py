@@ -8,7 +8,7 @@ methods of the :class:`Tx` it gets. Database errors become :class:`StoreUnavaila
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from vault.errors import StoreUnavailable, VaultError
 from vault.store._engine import make_engine
+from vault.store._leases import LeaseQueries
 from vault.store._models import ServiceToken, SessionRecord, User, UserKey
 from vault.store._rows import SessionRow, TokenRow, UserKeyRow
 
@@ -32,13 +33,15 @@ _TOKENS = ServiceToken.__table__
 class Store:
     """A handle on the database. Safe to share between tasks; each transaction takes its own connection."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock_us: Callable[[], int] | None = None) -> None:
+        """``clock_us`` replaces the database's clock for lease decisions: for tests only."""
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.clock_us = clock_us
 
     @classmethod
-    def connect(cls, url: str, *, pool_size: int = 10) -> Store:
-        return cls(make_engine(url, pool_size=pool_size))
+    def connect(cls, url: str, *, pool_size: int = 10, clock_us: Callable[[], int] | None = None) -> Store:
+        return cls(make_engine(url, pool_size=pool_size), clock_us=clock_us)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -48,7 +51,7 @@ class Store:
         """One database transaction: committed if the block succeeds, rolled back if it raises."""
         try:
             async with self.engine.begin() as conn:
-                yield Tx(conn, self.dialect)
+                yield Tx(conn, self.dialect, self.clock_us)
         except VaultError:
             raise
         except (DBAPIError, SQLAlchemyError, OSError) as exc:
@@ -59,12 +62,15 @@ class Store:
             await tx.conn.execute(text("SELECT 1"))
 
 
-class Tx:
+class Tx(LeaseQueries):
     """The queries available inside one transaction."""
 
-    def __init__(self, conn: AsyncConnection, dialect: str) -> None:
+    def __init__(
+        self, conn: AsyncConnection, dialect: str, clock_us: Callable[[], int] | None = None
+    ) -> None:
         self.conn = conn
         self._dialect = dialect
+        self._clock_us = clock_us
 
     # users and keys -------------------------------------------------------------------------------
 
@@ -156,6 +162,34 @@ class Tx:
             .order_by(SessionRecord.created_at.desc(), SessionRecord.id)
         )
         return [SessionRow(**row) for row in result.mappings()]
+
+    async def write_back_session(
+        self,
+        *,
+        session_id: str,
+        expected_version: int,
+        dek_version: int,
+        ciphertext: bytes,
+        session_format: str,
+        has_signers: bool,
+        expires_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Store the next version of a session; False if its version moved on meanwhile."""
+        result = await self.conn.execute(
+            update(SessionRecord)
+            .where(SessionRecord.id == session_id, SessionRecord.version == expected_version)
+            .values(
+                version=expected_version + 1,
+                dek_version=dek_version,
+                ciphertext=ciphertext,
+                format=session_format,
+                has_signers=has_signers,
+                expires_at=expires_at,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount)
 
     # service tokens ---------------------------------------------------------------------------------
 

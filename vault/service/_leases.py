@@ -1,0 +1,300 @@
+"""Leases: release a decrypted session to one holder at a time, with fencing tokens and write-back.
+
+Every decision runs in one transaction that holds the session's row lock and reads the database's
+clock, and writes its audit event in that same transaction. A grant's plaintext is decrypted inside
+the transaction but returned only after the commit (with its audit event) succeeded: if the audit
+write fails, the transaction rolls back and nothing is released (fail-closed). Refusals are audited
+too: their transaction commits the audit event, then the refusal is raised.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from vault.crypto import seal, session_aad
+from vault.errors import Forbidden as NotHolder
+from vault.errors import (
+    InvalidRequest,
+    InvalidSession,
+    LeaseHeld,
+    LeaseLost,
+    NoLease,
+    NoSession,
+    PurposeNotAllowed,
+    SessionRevoked,
+    SessionSuperseded,
+    StoredSessionExpired,
+    VaultError,
+)
+from vault.keys import DekCache, KekProvider
+from vault.service._context import Context, audit_record
+from vault.service._ingest import open_session
+from vault.service._keys import active_dek
+from vault.sessions import parse_session
+from vault.store import LockedLease, LockedSession, Store
+
+__all__ = ["DEFAULT_TTL", "Grant", "LeaseService", "Renewal", "from_us"]
+
+DEFAULT_TTL = 30
+_PURPOSE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    lease_id: str
+    session_id: str
+    user_id: str
+    fencing_token: int
+    expires_at: datetime
+    session: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    lease_id: str
+    expires_at: datetime
+
+
+def _refusal(target: LockedSession) -> VaultError | None:
+    if target.status == "revoked":
+        return SessionRevoked()
+    if target.status == "superseded":
+        return SessionSuperseded()
+    if target.expires_at is not None and target.expires_at.timestamp() * 1_000_000 <= target.now_us:
+        return StoredSessionExpired()
+    return None
+
+
+def _lost(state: LockedLease, fencing_token: int) -> bool:
+    lease = state.lease
+    return (
+        lease.ended_us is not None
+        or lease.expires_us <= state.now_us
+        or fencing_token != lease.fencing_token
+        or lease.fencing_token != state.newest_fence
+    )
+
+
+class LeaseService:
+    def __init__(self, *, store: Store, kek: KekProvider, cache: DekCache, max_ttl: int) -> None:
+        self.store = store
+        self.kek = kek
+        self.cache = cache
+        self.max_ttl = max_ttl
+
+    async def _deny(self, ctx: Context, action: str, error: VaultError, **fields: str | int | None) -> None:
+        async with self.store.transaction() as tx:
+            await tx.insert_audit(audit_record(ctx, action, "denied", detail=error.code, **fields))
+
+    async def _check_request(
+        self, ctx: Context, purpose: str, ttl_seconds: int, target: dict[str, str]
+    ) -> None:
+        principal = ctx.principal
+        assert principal is not None
+        if not _PURPOSE_RE.fullmatch(purpose):
+            raise InvalidRequest("purpose must be 1-64 letters, digits or ._:-")
+        limit = min(self.max_ttl, principal.max_ttl_seconds or self.max_ttl)
+        if not 1 <= ttl_seconds <= limit:
+            raise InvalidRequest(f"ttl_seconds must be between 1 and {limit}")
+        if principal.purposes is not None and purpose not in principal.purposes:
+            error = PurposeNotAllowed()
+            await self._deny(ctx, "lease.grant", error, purpose=purpose, **target)
+            raise error
+
+    async def grant(
+        self,
+        ctx: Context,
+        *,
+        purpose: str,
+        ttl_seconds: int = DEFAULT_TTL,
+        user_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Grant:
+        """Lease a session (by id) or a user's newest session to ``ctx.principal``.
+
+        Raises NoSession (404), SessionRevoked / SessionSuperseded / StoredSessionExpired (410), LeaseHeld
+        (409), InvalidRequest (422), PurposeNotAllowed (403); AuditUnavailable or StoreUnavailable (503)
+        with nothing released.
+        """
+        principal = ctx.principal
+        assert principal is not None and (user_id is None) != (session_id is None)
+        target = {"user_id": user_id} if user_id is not None else {"session_id": session_id}
+        await self._check_request(ctx, purpose, ttl_seconds, {k: v for k, v in target.items() if v})
+        error: VaultError | None = None
+        grant: Grant | None = None
+        async with self.store.transaction() as tx:
+            locked = await tx.lock_session(session_id=session_id, user_id=user_id)
+            if locked is None:
+                error = NoSession()
+                await tx.insert_audit(
+                    audit_record(ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, **target)
+                )
+            else:
+                ids: dict[str, str | int | None] = {"user_id": locked.user_id, "session_id": locked.id}
+                error = _refusal(locked)
+                current = None if error is not None else await tx.open_lease(locked.id)
+                if current is not None and current.expires_us > locked.now_us:
+                    error = LeaseHeld(retry_after=-(-(current.expires_us - locked.now_us) // 1_000_000))
+                if error is not None:
+                    await tx.insert_audit(
+                        audit_record(ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, **ids)
+                    )
+                else:
+                    if current is not None:
+                        await tx.end_lease(current.id, now_us=locked.now_us, reason="expired")
+                        await tx.insert_audit(
+                            audit_record(
+                                ctx, "lease.takeover", "ok", lease_id=current.id,
+                                fencing_token=current.fencing_token, purpose=purpose, **ids,
+                            )
+                        )  # fmt: skip
+                    lease_id = str(uuid.uuid4())
+                    fence = await tx.insert_lease(
+                        lease_id=lease_id,
+                        session=locked,
+                        holder_token_id=principal.token_id,
+                        purpose=purpose,
+                        ttl_seconds=ttl_seconds,
+                    )
+                    await tx.insert_audit(
+                        audit_record(
+                            ctx, "lease.grant", "ok", lease_id=lease_id, fencing_token=fence, purpose=purpose,
+                            **ids,
+                        )
+                    )  # fmt: skip
+                    plaintext = await open_session(tx, self.kek, self.cache, locked)
+                    grant = Grant(
+                        lease_id=lease_id,
+                        session_id=locked.id,
+                        user_id=locked.user_id,
+                        fencing_token=fence,
+                        expires_at=from_us(locked.now_us + ttl_seconds * 1_000_000),
+                        session=plaintext,
+                    )
+        if error is not None:
+            raise error
+        assert grant is not None
+        return grant
+
+    async def renew(self, ctx: Context, lease_id: str, *, fencing_token: int) -> Renewal:
+        """Extend a lease by its TTL from now. NoLease (404), Forbidden (403), LeaseLost (409)."""
+        error: VaultError | None = None
+        renewal: Renewal | None = None
+        async with self.store.transaction() as tx:
+            state = await tx.lock_lease(lease_id)
+            error = self._holder_error(ctx, state, fencing_token)
+            if state is None or error is not None:
+                code = (error or NoLease()).code
+                await tx.insert_audit(
+                    audit_record(
+                        ctx,
+                        "lease.renew",
+                        "denied",
+                        detail=code,
+                        lease_id=lease_id,
+                        fencing_token=fencing_token,
+                    )
+                )
+            else:
+                lease = state.lease
+                expires_us = state.now_us + lease.ttl_seconds * 1_000_000
+                await tx.extend_lease(lease_id, expires_us=expires_us)
+                await tx.insert_audit(
+                    audit_record(
+                        ctx, "lease.renew", "ok", lease_id=lease_id, fencing_token=lease.fencing_token,
+                        user_id=lease.user_id, session_id=lease.session_id, purpose=lease.purpose,
+                    )
+                )  # fmt: skip
+                renewal = Renewal(lease_id=lease_id, expires_at=from_us(expires_us))
+        if error is not None:
+            raise error
+        assert renewal is not None
+        return renewal
+
+    def _holder_error(self, ctx: Context, state: LockedLease | None, fencing_token: int) -> VaultError | None:
+        if state is None:
+            return NoLease()
+        assert ctx.principal is not None
+        if state.lease.holder_token_id != ctx.principal.token_id:
+            return NotHolder("only the credential that took this lease may renew or release it")
+        if _lost(state, fencing_token):
+            return LeaseLost()
+        return None
+
+    async def release(
+        self, ctx: Context, lease_id: str, *, fencing_token: int, session: str | None = None
+    ) -> None:
+        """End a lease, storing ``session`` (the refreshed session) as the session's next version.
+
+        The refreshed session must pass ingest validation and belong to the same user, else
+        InvalidSession / SessionExpired (422) and the lease is kept. NoLease, Forbidden and LeaseLost as
+        for renew; on any refusal nothing changes.
+        """
+        parsed = None
+        if session is not None:
+            parsed = parse_session(session, now=datetime.now(UTC))
+        error: VaultError | None = None
+        async with self.store.transaction() as tx:
+            state = await tx.lock_lease(lease_id)
+            error = self._holder_error(ctx, state, fencing_token)
+            if (
+                state is not None
+                and error is None
+                and parsed is not None
+                and parsed.user_id != state.lease.user_id
+            ):
+                error = InvalidSession("the refreshed session belongs to a different user")
+            if state is None or error is not None:
+                code = (error or NoLease()).code
+                await tx.insert_audit(
+                    audit_record(
+                        ctx,
+                        "lease.release",
+                        "denied",
+                        detail=code,
+                        lease_id=lease_id,
+                        fencing_token=fencing_token,
+                    )
+                )
+            else:
+                lease = state.lease
+                ids: dict[str, str | int | None] = {
+                    "lease_id": lease_id, "fencing_token": lease.fencing_token, "user_id": lease.user_id,
+                    "session_id": lease.session_id, "purpose": lease.purpose,
+                }  # fmt: skip
+                if parsed is not None and session is not None:
+                    now = datetime.now(UTC)
+                    dek_version, dek = await active_dek(tx, self.kek, self.cache, lease.user_id, now=now)
+                    version = state.session_version + 1
+                    ciphertext = seal(
+                        session.encode(),
+                        key=dek.reveal(),
+                        key_version=dek_version,
+                        aad=session_aad(lease.user_id, lease.session_id, version),
+                    )
+                    stored = await tx.write_back_session(
+                        session_id=lease.session_id,
+                        expected_version=state.session_version,
+                        dek_version=dek_version,
+                        ciphertext=ciphertext,
+                        session_format=parsed.format.value,
+                        has_signers=parsed.has_signers,
+                        expires_at=parsed.expires_at,
+                        now=now,
+                    )
+                    if not stored:
+                        raise LeaseLost()
+                    await tx.insert_audit(
+                        audit_record(ctx, "lease.write_back", "ok", detail=f"version {version}", **ids)
+                    )
+                await tx.end_lease(lease_id, now_us=state.now_us, reason="released")
+                await tx.insert_audit(audit_record(ctx, "lease.release", "ok", **ids))
+        if error is not None:
+            raise error
