@@ -90,8 +90,10 @@ class TokenCreated(TokenView):
 
 class LeaseRequest(BaseModel):
     purpose: str = Field(description="Why the session is needed (1-64 of A-Z a-z 0-9 . _ : -); audited.")
-    ttl_seconds: int = Field(
-        default=30, description="Lease length; 1 to the vault's and the token's maximum."
+    ttl_seconds: int | None = Field(
+        default=None,
+        description="Lease length in seconds, 1 to the vault's and the token's maximum; "
+        "default 30, or that maximum if lower.",
     )
 
 

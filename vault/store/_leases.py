@@ -109,20 +109,17 @@ class LeaseQueries:
         return int(result.scalar_one())
 
     async def lock_lease(self, lease_id: str) -> LockedLease | None:
-        """Lock a lease and its session row; read the newest fencing token and the clock."""
-        newest = (
-            select(func.max(Lease.fencing_token))
-            .where(Lease.session_id == _L.c.session_id)
-            .correlate(_L)
-            .scalar_subquery()
-        )
+        """Lock a lease and its session row, and read the clock.
+
+        No newer fencing token can exist for a lease that is still open: a grant ends the open lease
+        before inserting the next one, and the partial unique index admits one open lease per session.
+        """
         query = (
             select(
                 _L,
                 _S.c.status.label("s_status"),
                 _S.c.version.label("s_version"),
                 _S.c.dek_version.label("s_dek_version"),
-                newest.label("newest_fence"),
                 self._now_col(),
             )
             .select_from(_L.join(_S, and_(_S.c.id == _L.c.session_id)))
@@ -138,7 +135,6 @@ class LeaseQueries:
             session_status=values.pop("s_status"),
             session_version=values.pop("s_version"),
             session_dek_version=values.pop("s_dek_version"),
-            newest_fence=values.pop("newest_fence"),
             now_us=values.pop("now_us"),
             lease=LeaseRow(**values),
         )

@@ -87,13 +87,12 @@ class LeaseRow:
 
 @dataclass(frozen=True, slots=True)
 class LockedLease:
-    """A lease and its session, both row-locked, with the newest fencing token and the database's clock."""
+    """A lease and its session, both row-locked, with the database's clock."""
 
     lease: LeaseRow
     session_status: str
     session_version: int
     session_dek_version: int
-    newest_fence: int
     now_us: int
 
 

@@ -1,0 +1,258 @@
+"""The asyncio client: ``async with client.lease("user", purpose="sign") as lease: ...``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from vault.client._errors import json_body
+from vault.client._lease import (
+    Backoff,
+    Lease,
+    grant_path,
+    is_transient,
+    parse_grant,
+    parse_released,
+    parse_renewed,
+    release_path,
+    renew_path,
+    renewal_interval,
+    transport_error,
+)
+from vault.errors import InvalidSession, LeaseHeld, LeaseLost, NoLease, TooLarge, VaultError
+
+__all__ = ["AsyncLeaseScope", "AsyncVaultClient"]
+
+
+class AsyncVaultClient:
+    """A signer's client of the vault's internal API. The token is sent, never shown (not in any repr)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            transport=transport,
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, payload: dict[str, Any], expected: int) -> dict[str, Any]:
+        try:
+            response = await self._http.post(path, json=payload)
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
+        return json_body(response, expected)
+
+    async def grant(
+        self,
+        user_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        purpose: str,
+        ttl_seconds: int = 30,
+    ) -> Lease:
+        """Take a lease on the user's newest session (or on one session by id), once, without renewal."""
+        path = grant_path(user_id, session_id)
+        body = await self._post(path, {"purpose": purpose, "ttl_seconds": ttl_seconds}, 201)
+        return parse_grant(body, ttl_seconds)
+
+    async def renew(self, lease: Lease) -> datetime:
+        """Extend the lease by its TTL from now; updates and returns ``lease.expires_at``."""
+        try:
+            body = await self._post(renew_path(lease), {"fencing_token": lease.fencing_token}, 200)
+        except LeaseLost:
+            lease.lost = True
+            raise
+        lease.expires_at = parse_renewed(body)
+        return lease.expires_at
+
+    async def release(self, lease: Lease, session: str | None = None) -> bool:
+        """End the lease, writing ``session`` back as the session's next version if given.
+
+        Returns whether the vault wrote a session back.
+        """
+        payload: dict[str, Any] = {"fencing_token": lease.fencing_token}
+        if session is not None:
+            payload["session"] = session
+        try:
+            body = await self._post(release_path(lease), payload, 200)
+        except LeaseLost:
+            lease.lost = True
+            raise
+        return parse_released(body)
+
+    def lease(
+        self,
+        user_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        purpose: str,
+        ttl_seconds: int = 30,
+        wait: float = 0.0,
+        renew: bool = True,
+    ) -> AsyncLeaseScope:
+        """An async context manager holding a lease for its block: grant (waiting up to ``wait`` seconds while
+        another holder has it), renew in the background, release (with ``lease.refreshed``) on exit."""
+        grant_path(user_id, session_id)
+        if wait < 0:
+            raise ValueError("wait must not be negative")
+        return AsyncLeaseScope(
+            self,
+            user_id=user_id,
+            session_id=session_id,
+            purpose=purpose,
+            ttl_seconds=ttl_seconds,
+            wait=wait,
+            renew=renew,
+        )
+
+    async def _grant_waiting(
+        self, user_id: str | None, session_id: str | None, purpose: str, ttl_seconds: int, wait: float
+    ) -> Lease:
+        backoff = Backoff(time.monotonic() + wait)
+        while True:
+            try:
+                return await self.grant(
+                    user_id, session_id=session_id, purpose=purpose, ttl_seconds=ttl_seconds
+                )
+            except LeaseHeld as exc:
+                delay = backoff.delay(exc.retry_after, time.monotonic())
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+
+class _Renewer:
+    """A task renewing a lease every third of its TTL until stopped or the lease is lost."""
+
+    def __init__(self, client: AsyncVaultClient, lease: Lease) -> None:
+        self.client = client
+        self.lease = lease
+        self.error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="vault-lease-renewal")
+
+    async def stop(self) -> None:
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        # asyncio.wait does not raise the task's CancelledError, but does raise our own if we are cancelled.
+        await asyncio.wait([task])
+
+    async def _run(self) -> None:
+        interval = renewal_interval(self.lease.ttl_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.client.renew(self.lease)
+            except (LeaseLost, NoLease) as exc:
+                self.lease.lost = True
+                self.error = exc
+                return
+            except VaultError as exc:
+                if not is_transient(exc):
+                    self.error = exc
+                    return
+            except Exception as exc:  # the client was closed under the lease, or a bug: stop quietly
+                self.error = exc
+                return
+
+
+class AsyncLeaseScope:
+    """Returned by :meth:`AsyncVaultClient.lease`; ``async with`` it to hold the lease. Single use."""
+
+    def __init__(
+        self,
+        client: AsyncVaultClient,
+        *,
+        user_id: str | None,
+        session_id: str | None,
+        purpose: str,
+        ttl_seconds: int,
+        wait: float,
+        renew: bool,
+    ) -> None:
+        self._client = client
+        self._target = (user_id, session_id)
+        self._purpose = purpose
+        self._ttl_seconds = ttl_seconds
+        self._wait = wait
+        self._renew = renew
+        self._entered = False
+        self._lease: Lease | None = None
+        self._renewer: _Renewer | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lease={self._lease!r})"
+
+    async def __aenter__(self) -> Lease:
+        if self._entered:
+            raise RuntimeError("a lease scope can be entered only once")
+        self._entered = True
+        user_id, session_id = self._target
+        lease = await self._client._grant_waiting(
+            user_id, session_id, self._purpose, self._ttl_seconds, self._wait
+        )
+        self._lease = lease
+        if self._renew:
+            self._renewer = _Renewer(self._client, lease)
+            self._renewer.start()
+        return lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        assert lease is not None
+        lost_because: BaseException | None = None
+        if self._renewer is not None:
+            await self._renewer.stop()
+            lost_because = self._renewer.error
+        if exc_type is not None:
+            # The block failed: give the lease back without write-back; the block's exception wins.
+            if not lease.lost:
+                with contextlib.suppress(Exception):
+                    await self._client.release(lease)
+            return
+        if lease.lost:
+            raise LeaseLost("the lease was lost while held: renewal was refused") from lost_because
+        if lease.refreshed is None:
+            await self._client.release(lease)
+            return
+        try:
+            await self._client.release(lease, lease.refreshed)
+        except (InvalidSession, TooLarge):
+            # The vault kept the lease and refused the write-back: free the session, then report it.
+            with contextlib.suppress(Exception):
+                await self._client.release(lease)
+            raise

@@ -1,0 +1,250 @@
+"""The blocking client: ``with client.lease("user", purpose="sign") as lease: ...``."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from vault.client._errors import json_body
+from vault.client._lease import (
+    Backoff,
+    Lease,
+    grant_path,
+    is_transient,
+    parse_grant,
+    parse_released,
+    parse_renewed,
+    release_path,
+    renew_path,
+    renewal_interval,
+    transport_error,
+)
+from vault.errors import InvalidSession, LeaseHeld, LeaseLost, NoLease, TooLarge, VaultError
+
+__all__ = ["LeaseScope", "VaultClient"]
+
+
+class VaultClient:
+    """A signer's client of the vault's internal API. The token is sent, never shown (not in any repr)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            transport=transport,
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, payload: dict[str, Any], expected: int) -> dict[str, Any]:
+        try:
+            response = self._http.post(path, json=payload)
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
+        return json_body(response, expected)
+
+    def grant(
+        self,
+        user_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        purpose: str,
+        ttl_seconds: int = 30,
+    ) -> Lease:
+        """Take a lease on the user's newest session (or on one session by id), once, without renewal."""
+        path = grant_path(user_id, session_id)
+        body = self._post(path, {"purpose": purpose, "ttl_seconds": ttl_seconds}, 201)
+        return parse_grant(body, ttl_seconds)
+
+    def renew(self, lease: Lease) -> datetime:
+        """Extend the lease by its TTL from now; updates and returns ``lease.expires_at``."""
+        try:
+            body = self._post(renew_path(lease), {"fencing_token": lease.fencing_token}, 200)
+        except LeaseLost:
+            lease.lost = True
+            raise
+        lease.expires_at = parse_renewed(body)
+        return lease.expires_at
+
+    def release(self, lease: Lease, session: str | None = None) -> bool:
+        """End the lease, writing ``session`` back as the session's next version if given.
+
+        Returns whether the vault wrote a session back.
+        """
+        payload: dict[str, Any] = {"fencing_token": lease.fencing_token}
+        if session is not None:
+            payload["session"] = session
+        try:
+            body = self._post(release_path(lease), payload, 200)
+        except LeaseLost:
+            lease.lost = True
+            raise
+        return parse_released(body)
+
+    def lease(
+        self,
+        user_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        purpose: str,
+        ttl_seconds: int = 30,
+        wait: float = 0.0,
+        renew: bool = True,
+    ) -> LeaseScope:
+        """A context manager holding a lease for its block: grant (waiting up to ``wait`` seconds while
+        another holder has it), renew in the background, release (with ``lease.refreshed``) on exit."""
+        grant_path(user_id, session_id)
+        if wait < 0:
+            raise ValueError("wait must not be negative")
+        return LeaseScope(
+            self,
+            user_id=user_id,
+            session_id=session_id,
+            purpose=purpose,
+            ttl_seconds=ttl_seconds,
+            wait=wait,
+            renew=renew,
+        )
+
+    def _grant_waiting(
+        self, user_id: str | None, session_id: str | None, purpose: str, ttl_seconds: int, wait: float
+    ) -> Lease:
+        backoff = Backoff(time.monotonic() + wait)
+        while True:
+            try:
+                return self.grant(user_id, session_id=session_id, purpose=purpose, ttl_seconds=ttl_seconds)
+            except LeaseHeld as exc:
+                delay = backoff.delay(exc.retry_after, time.monotonic())
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+
+class _Renewer:
+    """A daemon thread renewing a lease every third of its TTL until stopped or the lease is lost."""
+
+    def __init__(self, client: VaultClient, lease: Lease) -> None:
+        self.client = client
+        self.lease = lease
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vault-lease-renewal", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        interval = renewal_interval(self.lease.ttl_seconds)
+        while not self._stop.wait(interval):
+            try:
+                self.client.renew(self.lease)
+            except (LeaseLost, NoLease) as exc:
+                self.lease.lost = True
+                self.error = exc
+                return
+            except VaultError as exc:
+                if not is_transient(exc):
+                    self.error = exc
+                    return
+            except Exception as exc:  # the client was closed under the lease, or a bug: stop quietly
+                self.error = exc
+                return
+
+
+class LeaseScope:
+    """Returned by :meth:`VaultClient.lease`; ``with`` it to hold the lease. Single use."""
+
+    def __init__(
+        self,
+        client: VaultClient,
+        *,
+        user_id: str | None,
+        session_id: str | None,
+        purpose: str,
+        ttl_seconds: int,
+        wait: float,
+        renew: bool,
+    ) -> None:
+        self._client = client
+        self._target = (user_id, session_id)
+        self._purpose = purpose
+        self._ttl_seconds = ttl_seconds
+        self._wait = wait
+        self._renew = renew
+        self._entered = False
+        self._lease: Lease | None = None
+        self._renewer: _Renewer | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lease={self._lease!r})"
+
+    def __enter__(self) -> Lease:
+        if self._entered:
+            raise RuntimeError("a lease scope can be entered only once")
+        self._entered = True
+        user_id, session_id = self._target
+        lease = self._client._grant_waiting(user_id, session_id, self._purpose, self._ttl_seconds, self._wait)
+        self._lease = lease
+        if self._renew:
+            self._renewer = _Renewer(self._client, lease)
+            self._renewer.start()
+        return lease
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        assert lease is not None
+        lost_because: BaseException | None = None
+        if self._renewer is not None:
+            self._renewer.stop()
+            lost_because = self._renewer.error
+        if exc_type is not None:
+            # The block failed: give the lease back without write-back; the block's exception wins.
+            if not lease.lost:
+                with contextlib.suppress(Exception):
+                    self._client.release(lease)
+            return
+        if lease.lost:
+            raise LeaseLost("the lease was lost while held: renewal was refused") from lost_because
+        if lease.refreshed is None:
+            self._client.release(lease)
+            return
+        try:
+            self._client.release(lease, lease.refreshed)
+        except (InvalidSession, TooLarge):
+            # The vault kept the lease and refused the write-back: free the session, then report it.
+            with contextlib.suppress(Exception):
+                self._client.release(lease)
+            raise
