@@ -149,9 +149,16 @@ def test_other_roles_cannot_lease(vault: LiveVault) -> None:
         headers={"Authorization": f"Bearer {vault.admin_token}"},
     )
     _error(response, 403, "forbidden")
-    _error(httpx.post(f"{vault.internal}/v1/users/{body['userId']}/lease", json={"purpose": "x"}), 401, "unauthorized")
+    _error(
+        httpx.post(f"{vault.internal}/v1/users/{body['userId']}/lease", json={"purpose": "x"}),
+        401,
+        "unauthorized",
+    )
     # The public port knows nothing of leases.
-    assert httpx.post(f"{vault.public}/v1/users/{body['userId']}/lease", json={"purpose": "x"}).status_code == 404
+    assert (
+        httpx.post(f"{vault.public}/v1/users/{body['userId']}/lease", json={"purpose": "x"}).status_code
+        == 404
+    )
 
 
 def test_renew_and_release_only_by_the_holder_with_the_newest_fence(vault: LiveVault, raw: RawDb) -> None:
@@ -199,7 +206,9 @@ def test_write_back_stores_the_next_version(vault: LiveVault, raw: RawDb) -> Non
     assert released.json()["written_back"] is True
     assert raw.query("SELECT version, status FROM sessions WHERE id = %s", [sid])[0] == (2, "active")
     again = a.lease_user(body["userId"]).json()
-    assert again["session"] == refreshed and again["session_id"] == sid and again["fencing_token"] == fence + 1
+    assert (
+        again["session"] == refreshed and again["session_id"] == sid and again["fencing_token"] == fence + 1
+    )
     dump = raw.everything()
     for secret in secret_strings(body):
         assert secret.encode()[:24] not in dump
@@ -234,7 +243,9 @@ def test_every_lease_event_is_audited_without_secrets(vault: LiveVault, raw: Raw
     b.lease_user(body["userId"])
     a.renew(lease["lease_id"], lease["fencing_token"])
     a.release(lease["lease_id"], lease["fencing_token"], refreshed)
-    rows = raw.query("SELECT action, outcome, purpose, fencing_token, user_id, actor_token_id FROM audit_events ORDER BY id")
+    rows = raw.query(
+        "SELECT action, outcome, purpose, fencing_token, user_id, actor_token_id FROM audit_events ORDER BY id"
+    )
     assert [(r[0], r[1]) for r in rows] == [
         ("lease.grant", "ok"),
         ("lease.grant", "denied"),

@@ -16,7 +16,14 @@ from typing import Any
 
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from tests.sessiongen import make_session
 from vault.errors import Forbidden, LeaseHeld, LeaseLost
@@ -74,10 +81,14 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
             self.content, body = make_session(seed)
             self.user_id = body["userId"]
             result = self.run(
-                ingest(self.store, self.kek, DekCache(ttl=0, max_entries=0), self.content, now=datetime.now(UTC))
+                ingest(
+                    self.store, self.kek, DekCache(ttl=0, max_entries=0), self.content, now=datetime.now(UTC)
+                )
             )
             self.session_id = result.session_id
-            self.refreshed = iter(make_session(seed * 1000 + i, user_id=self.user_id)[0] for i in range(10**6))
+            self.refreshed = iter(
+                make_session(seed * 1000 + i, user_id=self.user_id)[0] for i in range(10**6)
+            )
 
         @rule(target=leases, holder=st.sampled_from(["a", "b"]), ttl=st.integers(1, 30))
         def grant(self, holder: str, ttl: int) -> ModelLease | None:
@@ -85,18 +96,24 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
             current = self.open_lease()
             if current is not None and current.expires_us > self.now_us:
                 try:
-                    self.run(self.service.grant(ctx, purpose="p", ttl_seconds=ttl, session_id=self.session_id))
+                    self.run(
+                        self.service.grant(ctx, purpose="p", ttl_seconds=ttl, session_id=self.session_id)
+                    )
                 except LeaseHeld as exc:
                     assert exc.retry_after == max(1, -(-(current.expires_us - self.now_us) // 1_000_000))
                     return None
                 raise AssertionError("granted while another lease was live")
-            grant = self.run(self.service.grant(ctx, purpose="p", ttl_seconds=ttl, session_id=self.session_id))
+            grant = self.run(
+                self.service.grant(ctx, purpose="p", ttl_seconds=ttl, session_id=self.session_id)
+            )
             assert grant.fencing_token == self.last_fence + 1
             assert grant.session == self.content
             if current is not None:
                 current.ended = True  # taken over
             self.last_fence = grant.fencing_token
-            lease = ModelLease(grant.lease_id, grant.fencing_token, holder, ttl, self.now_us + ttl * 1_000_000)
+            lease = ModelLease(
+                grant.lease_id, grant.fencing_token, holder, ttl, self.now_us + ttl * 1_000_000
+            )
             self.by_id[lease.lease_id] = lease
             return lease
 
@@ -131,7 +148,9 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
             refreshed = next(self.refreshed) if write_back else None
             ctx = Context(principal=HOLDERS[holder])
             try:
-                self.run(self.service.release(ctx, lease.lease_id, fencing_token=lease.fence, session=refreshed))
+                self.run(
+                    self.service.release(ctx, lease.lease_id, fencing_token=lease.fence, session=refreshed)
+                )
             except (Forbidden, LeaseLost) as exc:
                 assert type(exc) is expected, (type(exc), expected)
                 return

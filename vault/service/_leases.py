@@ -34,7 +34,7 @@ from vault.service._context import Context, audit_record
 from vault.service._ingest import open_session
 from vault.service._keys import active_dek
 from vault.sessions import parse_session
-from vault.store import LockedLease, LockedSession, Store
+from vault.store import LockedLease, Store, Tx
 
 __all__ = ["DEFAULT_TTL", "Grant", "LeaseService", "Renewal", "from_us"]
 
@@ -62,14 +62,20 @@ class Renewal:
     expires_at: datetime
 
 
-def _refusal(target: LockedSession) -> VaultError | None:
-    if target.status == "revoked":
+def _refusal(status: str, expires_at: datetime | None, now_us: int) -> VaultError | None:
+    if status == "revoked":
         return SessionRevoked()
-    if target.status == "superseded":
+    if status == "superseded":
         return SessionSuperseded()
-    if target.expires_at is not None and target.expires_at.timestamp() * 1_000_000 <= target.now_us:
+    if expires_at is not None and expires_at.timestamp() * 1_000_000 <= now_us:
         return StoredSessionExpired()
     return None
+
+
+def _held(lease_expires_us: int | None, now_us: int) -> LeaseHeld | None:
+    if lease_expires_us is None or lease_expires_us <= now_us:
+        return None
+    return LeaseHeld(retry_after=-(-(lease_expires_us - now_us) // 1_000_000))
 
 
 def _lost(state: LockedLease, fencing_token: int) -> bool:
@@ -127,61 +133,73 @@ class LeaseService:
         assert principal is not None and (user_id is None) != (session_id is None)
         target = {"user_id": user_id} if user_id is not None else {"session_id": session_id}
         ttl = await self._check_request(ctx, purpose, ttl_seconds, {k: v for k, v in target.items() if v})
-        error: VaultError | None = None
-        grant: Grant | None = None
         async with self.store.transaction() as tx:
-            locked = await tx.lock_session(session_id=session_id, user_id=user_id)
-            if locked is None:
-                error = NoSession()
-                await tx.insert_audit(
-                    audit_record(ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, **target)
-                )
-            else:
-                ids: dict[str, str | int | None] = {"user_id": locked.user_id, "session_id": locked.id}
-                error = _refusal(locked)
-                current = None if error is not None else await tx.open_lease(locked.id)
-                if current is not None and current.expires_us > locked.now_us:
-                    error = LeaseHeld(retry_after=-(-(current.expires_us - locked.now_us) // 1_000_000))
-                if error is not None:
-                    await tx.insert_audit(
-                        audit_record(ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, **ids)
-                    )
-                else:
-                    if current is not None:
-                        await tx.end_lease(current.id, now_us=locked.now_us, reason="expired")
-                        await tx.insert_audit(
-                            audit_record(
-                                ctx, "lease.takeover", "ok", lease_id=current.id,
-                                fencing_token=current.fencing_token, purpose=purpose, **ids,
-                            )
-                        )  # fmt: skip
-                    lease_id = str(uuid.uuid4())
-                    fence = await tx.insert_lease(
-                        lease_id=lease_id,
-                        session=locked,
-                        holder_token_id=principal.token_id,
-                        purpose=purpose,
-                        ttl_seconds=ttl,
-                    )
-                    await tx.insert_audit(
-                        audit_record(
-                            ctx, "lease.grant", "ok", lease_id=lease_id, fencing_token=fence, purpose=purpose,
-                            **ids,
-                        )
-                    )  # fmt: skip
-                    plaintext = await open_session(tx, self.kek, self.cache, locked)
-                    grant = Grant(
-                        lease_id=lease_id,
-                        session_id=locked.id,
-                        user_id=locked.user_id,
-                        fencing_token=fence,
-                        expires_at=from_us(locked.now_us + ttl * 1_000_000),
-                        session=plaintext,
-                    )
+            error, grant = await self._grant_in(tx, ctx, purpose, ttl, session_id=session_id, user_id=user_id)
         if error is not None:
             raise error
         assert grant is not None
         return grant
+
+    async def _grant_in(
+        self, tx: Tx, ctx: Context, purpose: str, ttl: int, *, session_id: str | None, user_id: str | None
+    ) -> tuple[VaultError | None, Grant | None]:
+        """The grant transaction's body: (refusal, None) with the refusal audited, or (None, grant)."""
+        principal = ctx.principal
+        assert principal is not None
+
+        async def deny(error: VaultError, **ids: str | None) -> tuple[VaultError, None]:
+            record = audit_record(ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, **ids)
+            await tx.insert_audit(record)
+            return error, None
+
+        peek = await tx.peek_session(session_id=session_id, user_id=user_id)
+        if peek is None:
+            return await deny(NoSession(), user_id=user_id, session_id=session_id)
+        ids: dict[str, str | int | None] = {"user_id": peek.user_id, "session_id": peek.id}
+        refusal = _refusal(peek.status, peek.expires_at, peek.now_us) or _held(
+            peek.lease_expires_us, peek.now_us
+        )
+        if refusal is not None:
+            return await deny(refusal, user_id=peek.user_id, session_id=peek.id)
+        # Looked free: take the row lock and decide for real.
+        locked = await tx.lock_session(peek.id)
+        assert locked is not None  # sessions are never deleted
+        current = await tx.open_lease(locked.id)
+        refusal = _refusal(locked.status, locked.expires_at, locked.now_us) or _held(
+            None if current is None else current.expires_us, locked.now_us
+        )
+        if refusal is not None:
+            return await deny(refusal, user_id=locked.user_id, session_id=locked.id)
+        if current is not None:
+            await tx.end_lease(current.id, now_us=locked.now_us, reason="expired")
+            takeover = audit_record(
+                ctx, "lease.takeover", "ok", lease_id=current.id, fencing_token=current.fencing_token,
+                purpose=purpose, **ids,
+            )  # fmt: skip
+            await tx.insert_audit(takeover)
+        lease_id = str(uuid.uuid4())
+        fence = await tx.insert_lease(
+            lease_id=lease_id,
+            session=locked,
+            holder_token_id=principal.token_id,
+            purpose=purpose,
+            ttl_seconds=ttl,
+        )
+        await tx.insert_audit(
+            audit_record(
+                ctx, "lease.grant", "ok", lease_id=lease_id, fencing_token=fence, purpose=purpose, **ids
+            )
+        )
+        plaintext = await open_session(tx, self.kek, self.cache, locked)
+        grant = Grant(
+            lease_id=lease_id,
+            session_id=locked.id,
+            user_id=locked.user_id,
+            fencing_token=fence,
+            expires_at=from_us(locked.now_us + ttl * 1_000_000),
+            session=plaintext,
+        )
+        return None, grant
 
     async def renew(self, ctx: Context, lease_id: str, *, fencing_token: int) -> Renewal:
         """Extend a lease by its TTL from now. NoLease (404), Forbidden (403), LeaseLost (409)."""

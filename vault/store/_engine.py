@@ -6,7 +6,6 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 __all__ = ["make_engine"]
 
@@ -23,7 +22,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(
             url,
             hide_parameters=True,
-            poolclass=NullPool,
+            pool_size=pool_size,
+            max_overflow=0,
             connect_args={"timeout": 30, "check_same_thread": False},
         )
         _configure_sqlite(engine)
@@ -33,7 +33,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_recycle=300,
     )
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vault.errors import AuditUnavailable
 from vault.store._models import AuditEvent, Lease, SessionRecord
-from vault.store._rows import AuditRecord, LeaseRow, LockedLease, LockedSession
+from vault.store._rows import AuditRecord, LeaseRow, LockedLease, LockedSession, SessionPeek
 
 __all__ = ["LeaseQueries"]
 
@@ -45,14 +45,17 @@ class LeaseQueries:
     def _now_col(self) -> ColumnElement[Any]:
         return self._now().label("now_us")
 
-    async def lock_session(
+    async def peek_session(
         self, *, session_id: str | None = None, user_id: str | None = None
-    ) -> LockedSession | None:
-        """Lock a session by id, or the user's active (else newest) session; None if there is none."""
+    ) -> SessionPeek | None:
+        """Read, without locking, a session by id or the user's active (else newest) session, with the
+        expiry of its open lease, if any. A grant decides "held" from this alone, so refusals never
+        queue on the row lock that acquirers and releasers need; "free" is re-checked under the lock."""
+        open_lease = and_(_L.c.session_id == _S.c.id, _L.c.ended_us.is_(None))
         query = select(
-            _S.c.id, _S.c.user_id, _S.c.version, _S.c.dek_version, _S.c.status, _S.c.expires_at,
-            _S.c.ciphertext, self._now_col(),
-        )  # fmt: skip
+            _S.c.id, _S.c.user_id, _S.c.status, _S.c.expires_at, _L.c.expires_us.label("lease_expires_us"),
+            self._now_col(),
+        ).select_from(_S.outerjoin(_L, open_lease))  # fmt: skip
         if session_id is not None:
             query = query.where(_S.c.id == session_id)
         else:
@@ -61,6 +64,15 @@ class LeaseQueries:
                 .order_by((_S.c.status == "active").desc(), _S.c.created_at.desc())
                 .limit(1)
             )
+        row = (await self.conn.execute(query)).mappings().first()
+        return None if row is None else SessionPeek(**row)
+
+    async def lock_session(self, session_id: str) -> LockedSession | None:
+        """Lock a session row until commit and read it with the clock; None if it does not exist."""
+        query = select(
+            _S.c.id, _S.c.user_id, _S.c.version, _S.c.dek_version, _S.c.status, _S.c.expires_at,
+            _S.c.ciphertext, self._now_col(),
+        ).where(_S.c.id == session_id)  # fmt: skip
         if self._dialect == "postgresql":
             query = query.with_for_update()
         row = (await self.conn.execute(query)).mappings().first()
@@ -109,34 +121,31 @@ class LeaseQueries:
         return int(result.scalar_one())
 
     async def lock_lease(self, lease_id: str) -> LockedLease | None:
-        """Lock a lease and its session row, and read the clock.
+        """Lock the lease's session row, then read the lease and the clock.
 
-        No newer fencing token can exist for a lease that is still open: a grant ends the open lease
-        before inserting the next one, and the partial unique index admits one open lease per session.
+        Locks are always taken session row first (as grants do), so lease calls cannot deadlock with
+        grants; the lease is read by a second statement, after the lock, so it is never a stale
+        snapshot. No newer fencing token can exist for a lease that is still open: a grant ends the open
+        lease before inserting the next one, and the partial unique index admits one open lease per session.
         """
-        query = (
-            select(
-                _L,
-                _S.c.status.label("s_status"),
-                _S.c.version.label("s_version"),
-                _S.c.dek_version.label("s_dek_version"),
-                self._now_col(),
-            )
-            .select_from(_L.join(_S, and_(_S.c.id == _L.c.session_id)))
-            .where(_L.c.id == lease_id)
+        session_of_lease = select(_L.c.session_id).where(_L.c.id == lease_id).scalar_subquery()
+        locking = select(_S.c.status, _S.c.version, _S.c.dek_version, self._now_col()).where(
+            _S.c.id == session_of_lease
         )
         if self._dialect == "postgresql":
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).mappings().first()
+            locking = locking.with_for_update()
+        session = (await self.conn.execute(locking)).mappings().first()
+        if session is None:
+            return None
+        row = (await self.conn.execute(select(_L).where(_L.c.id == lease_id))).mappings().first()
         if row is None:
             return None
-        values = dict(row)
         return LockedLease(
-            session_status=values.pop("s_status"),
-            session_version=values.pop("s_version"),
-            session_dek_version=values.pop("s_dek_version"),
-            now_us=values.pop("now_us"),
-            lease=LeaseRow(**values),
+            session_status=session["status"],
+            session_version=session["version"],
+            session_dek_version=session["dek_version"],
+            now_us=session["now_us"],
+            lease=LeaseRow(**row),
         )
 
     async def extend_lease(self, lease_id: str, *, expires_us: int) -> None:

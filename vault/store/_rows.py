@@ -10,6 +10,7 @@ __all__ = [
     "LeaseRow",
     "LockedLease",
     "LockedSession",
+    "SessionPeek",
     "SessionRow",
     "TokenRow",
     "UserKeyRow",
@@ -53,6 +54,18 @@ class TokenRow:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPeek:
+    """A session's lease-relevant state read without a lock (may be stale by the time it is used)."""
+
+    id: str
+    user_id: str
+    status: str
+    expires_at: datetime | None
+    lease_expires_us: int | None
+    now_us: int
 
 
 @dataclass(frozen=True, slots=True)

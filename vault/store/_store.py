@@ -8,6 +8,7 @@ methods of the :class:`Tx` it gets. Database errors become :class:`StoreUnavaila
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -25,6 +26,8 @@ from vault.store._models import ServiceToken, SessionRecord, User, UserKey
 from vault.store._rows import SessionRow, TokenRow, UserKeyRow
 
 __all__ = ["Store", "Tx"]
+
+log = logging.getLogger("vault.store")
 
 _SESSIONS = SessionRecord.__table__
 _TOKENS = ServiceToken.__table__
@@ -55,6 +58,13 @@ class Store:
         except VaultError:
             raise
         except (DBAPIError, SQLAlchemyError, OSError) as exc:
+            # The type and SQLSTATE say what went wrong; the message could carry values, so it is not logged.
+            orig = getattr(exc, "orig", None)
+            log.warning(
+                "database error: %s (sqlstate %s)",
+                type(orig or exc).__name__,
+                getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None),
+            )
             raise StoreUnavailable() from exc
 
     async def ping(self) -> None:
