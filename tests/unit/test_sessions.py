@@ -138,7 +138,12 @@ def test_minimal_session_parses() -> None:
     body = {"email": "a@example.com", "userId": "u1", "wallets": {}, "sessionCookie": "capsule.sid=x"}
     parsed = parse_session(reencode(body), now=NOW)
     assert parsed == ParsedSession(
-        user_id="u1", format=SessionFormat.CAPSULE, wallets=(), has_signers=False, expires_at=None
+        user_id="u1",
+        format=SessionFormat.CAPSULE,
+        wallets=(),
+        has_signers=False,
+        expires_at=None,
+        subjects=("a@example.com",),
     )
 
 
@@ -228,17 +233,22 @@ def test_naive_now_is_a_programming_error() -> None:
 def test_parsed_session_holds_no_secret(variant: dict[str, bool]) -> None:
     serialized, body = _session(**variant)
     parsed = parse_session(serialized, now=NOW)
-    text = repr(parsed) + str(parsed) + repr(dataclasses.astuple(parsed))
+    # subjects (email/phone, addresses) are identifying, kept only to be HMAC'd for the audit log.
+    kept = dataclasses.replace(parsed, subjects=())
+    text = repr(parsed) + str(parsed) + repr(dataclasses.astuple(kept))
     secrets = secret_strings(body)
     assert secrets
     for secret in secrets:
         assert secret not in text
+    for signer in signer_strings(body):
+        assert signer not in repr(parsed.subjects)
     assert {f.name for f in dataclasses.fields(ParsedSession)} == {
         "user_id",
         "format",
         "wallets",
         "has_signers",
         "expires_at",
+        "subjects",
     }
     assert {f.name for f in dataclasses.fields(WalletInfo)} == {"id", "type", "scheme", "has_signer"}
 
@@ -549,3 +559,18 @@ def test_generator_is_deterministic_per_seed() -> None:
     serialized, body = make_session(3, now=NOW)
     assert json.loads(base64.b64decode(serialized)) == body
     assert reencode(body) == serialized
+
+
+def test_subjects_are_the_identifying_values_normalised_and_not_in_repr() -> None:
+    from tests.sessiongen import make_session as _make
+    from vault.sessions import normalize_subject, parse_session
+
+    now = datetime.now(UTC)
+    for legacy in (False, True):
+        serialized, body = _make(7, legacy=legacy, now=now)
+        parsed = parse_session(serialized, now=now)
+        addresses = [normalize_subject(w["address"]) for w in body["wallets"].values()]
+        email = body["email"] if legacy else body["authInfo"]["auth"]["email"]
+        assert parsed.subjects == (normalize_subject(email), *addresses)
+        for subject in parsed.subjects:
+            assert subject not in repr(parsed)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import vault.sessions
 
-EXPECTED = {"MAX_SESSION_CHARS", "ParsedSession", "SessionFormat", "WalletInfo", "parse_session"}
+EXPECTED = {
+    "MAX_SESSION_CHARS",
+    "ParsedSession",
+    "SessionFormat",
+    "WalletInfo",
+    "normalize_subject",
+    "parse_session",
+}
 
 
 def test_all_is_exactly_the_public_api() -> None:

@@ -8,6 +8,20 @@ with a fixed reason that never quotes the input.
 
 from __future__ import annotations
 
-from vault.sessions._parse import MAX_SESSION_CHARS, ParsedSession, SessionFormat, WalletInfo, parse_session
+from vault.sessions._parse import (
+    MAX_SESSION_CHARS,
+    ParsedSession,
+    SessionFormat,
+    WalletInfo,
+    normalize_subject,
+    parse_session,
+)
 
-__all__ = ["MAX_SESSION_CHARS", "ParsedSession", "SessionFormat", "WalletInfo", "parse_session"]
+__all__ = [
+    "MAX_SESSION_CHARS",
+    "ParsedSession",
+    "SessionFormat",
+    "WalletInfo",
+    "normalize_subject",
+    "parse_session",
+]

@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -29,6 +29,7 @@ __all__ = [
     "ParsedSession",
     "SessionFormat",
     "WalletInfo",
+    "normalize_subject",
     "parse_session",
 ]
 
@@ -81,13 +82,19 @@ class WalletInfo:
 
 @dataclass(frozen=True, slots=True)
 class ParsedSession:
-    """The non-secret facts about a session. Holds no signer, cookie, address, public key, email or phone."""
+    """The non-secret facts about a session. Holds no signer, cookie or public key.
+
+    ``subjects`` are the values that identify the person and the wallets (email or phone, wallet
+    addresses), normalised. They are not key material, but they are personal: the vault never stores
+    them, only keyed hashes of them in the audit log, and they are kept out of ``repr``.
+    """
 
     user_id: str
     format: SessionFormat
     wallets: tuple[WalletInfo, ...]
     has_signers: bool
     expires_at: datetime | None  # aware UTC, from the cookie's Expires; None if the cookie has none
+    subjects: tuple[str, ...] = field(default=(), repr=False)
 
 
 class _DuplicateKeyError(Exception):
@@ -124,7 +131,29 @@ def parse_session(serialized: str, *, now: datetime) -> ParsedSession:
         wallets=wallets,
         has_signers=any(w.has_signer for w in wallets),
         expires_at=expires_at,
+        subjects=_subjects(body),
     )
+
+
+def normalize_subject(value: str) -> str:
+    """The form in which an identifying value is hashed for the audit log (case-insensitive, trimmed)."""
+    return value.strip().lower()
+
+
+def _subjects(body: dict[str, Any]) -> tuple[str, ...]:
+    found: list[str] = []
+    auth_info = body.get("authInfo")
+    auth = auth_info.get("auth") if isinstance(auth_info, dict) else None
+    for source in (body, auth if isinstance(auth, dict) else {}):
+        for key in ("email", "phone"):
+            value = source.get(key)
+            if isinstance(value, str) and value.strip():
+                found.append(normalize_subject(value))
+    for wallet in body.get("wallets", {}).values():
+        address = wallet.get("address") if isinstance(wallet, dict) else None
+        if isinstance(address, str) and address.strip():
+            found.append(normalize_subject(address))
+    return tuple(dict.fromkeys(found))
 
 
 def _decode(serialized: object) -> dict[str, Any]:
