@@ -17,7 +17,9 @@ import psycopg
 
 from vault.store import Store, upgrade
 
-TABLES = ("users", "user_keys", "sessions", "service_tokens", "leases", "audit_events")
+TABLES = (
+    "users", "user_keys", "sessions", "service_tokens", "leases", "audit_events", "audit_chain", "audit_checkpoints",
+)  # fmt: skip
 _counter = itertools.count()
 
 

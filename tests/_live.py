@@ -13,7 +13,8 @@ import uvicorn
 
 from vault._server import _Server
 from vault.api import create_internal_app, create_public_app
-from vault.service import Role, Vault, create_token, utcnow
+from vault.keys import load_audit_keys_file
+from vault.service import Auditor, Context, Role, Vault, create_token, utcnow
 from vault.settings import Settings
 from vault.store import Store
 
@@ -39,8 +40,11 @@ class LiveVault:
 def make_admin_token(settings: Settings) -> str:
     async def run() -> str:
         store = Store.connect(settings.require_database_url(), pool_size=1)
+        auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()))
         try:
-            token, _ = await create_token(store, role=Role.ADMIN, name="test-admin", now=utcnow())
+            token, _ = await create_token(
+                store, auditor, Context(source="test"), role=Role.ADMIN, name="test-admin", now=utcnow()
+            )
             return token
         finally:
             await store.close()
@@ -57,6 +61,7 @@ def live_vault(settings: Settings) -> Iterator[LiveVault]:
 
     async def main() -> None:
         vault = Vault.from_settings(settings)
+        vault.start()
         try:
             for app in (create_public_app(settings, vault=vault), create_internal_app(settings, vault=vault)):
                 config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")

@@ -23,7 +23,7 @@ from tests._db import (
     pg_vault_url,
 )
 from tests._live import LiveVault, live_vault
-from vault.keys import create_keyring_file
+from vault.keys import create_audit_keys_file, create_keyring_file
 from vault.settings import Settings
 
 BACKENDS = ["postgresql", "sqlite"]
@@ -78,8 +78,17 @@ def keyring_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(db_url: str, keyring_file: Path) -> Settings:
-    return Settings.model_validate({"database_url": SecretStr(db_url), "keyring_file": keyring_file})
+def audit_keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "audit-keys.json"
+    create_audit_keys_file(path)
+    return path
+
+
+@pytest.fixture
+def settings(db_url: str, keyring_file: Path, audit_keys_file: Path) -> Settings:
+    return Settings.model_validate(
+        {"database_url": SecretStr(db_url), "keyring_file": keyring_file, "audit_keys_file": audit_keys_file}
+    )
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
 async def serve_both(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
     """Serve both listeners until SIGINT or SIGTERM. The runtime is opened before either listens."""
     vault = Vault.from_settings(settings)
+    vault.start()
     try:
         servers = [
             _Server(

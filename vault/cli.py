@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
+from vault.audit import PublicKey, Report, verify
 from vault.errors import ConfigError, VaultError
-from vault.keys import create_keyring_file
-from vault.service import Role, authenticate, create_token, list_tokens, revoke_token, utcnow
+from vault.keys import create_audit_keys_file, create_keyring_file, load_audit_keys_file
+from vault.service import (
+    Auditor,
+    Context,
+    Role,
+    authenticate,
+    create_token,
+    export_lines,
+    list_tokens,
+    parse_export,
+    revoke_token,
+    utcnow,
+    verify_live,
+)
 from vault.settings import Settings
 from vault.store import Store, upgrade
 
@@ -36,12 +51,38 @@ _DEV_WARNING = """\
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
-        return Settings.for_data_dir(Path(data_dir), **overrides)
+        settings = Settings.for_data_dir(Path(data_dir), **overrides)
+        _ensure_dev_keys(settings)
+        return settings
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         names = sorted({str(err["loc"][0]) for err in getattr(exc, "errors", list)()}) or ["?"]
         raise ConfigError("invalid VAULT_* setting(s): " + ", ".join(names)) from None
+
+
+_CLI = Context(source="cli")
+
+
+def _ensure_dev_keys(settings: Settings) -> None:
+    """A dev data directory makes its own keys (keyring, audit keys) the first time they are needed."""
+    keyring = settings.require_keyring_file()
+    if not keyring.exists():
+        create_keyring_file(keyring)
+    audit_keys = settings.require_audit_keys_file()
+    if not audit_keys.exists():
+        create_audit_keys_file(audit_keys)
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[tuple[Store, Auditor]]:
+    """The store and the auditor, for commands that act on the vault's state."""
+    auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()))
+    store = Store.connect(settings.require_database_url(), pool_size=1)
+    try:
+        yield store, auditor
+    finally:
+        await store.close()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -63,19 +104,18 @@ def _write_private(path: Path, data: str) -> None:
 
 async def _ensure_admin_token(settings: Settings, path: Path) -> bool:
     """Keep a working bootstrap admin token in ``path``; return True if a new one was written."""
-    store = Store.connect(settings.require_database_url(), pool_size=1)
-    try:
+    async with _opened(settings) as (store, auditor):
         if path.exists():
             try:
                 await authenticate(store, path.read_text().strip(), role=Role.ADMIN, now=utcnow())
                 return False
             except VaultError:
                 pass  # stale (database reset or token revoked): issue a new one
-        token, _ = await create_token(store, role=Role.ADMIN, name="bootstrap-admin", now=utcnow())
+        token, _ = await create_token(
+            store, auditor, _CLI, role=Role.ADMIN, name="bootstrap-admin", now=utcnow()
+        )
         _write_private(path, token + "\n")
         return True
-    finally:
-        await store.close()
 
 
 def _cmd_dev(args: argparse.Namespace) -> None:
@@ -88,9 +128,7 @@ def _cmd_dev(args: argparse.Namespace) -> None:
         data_dir, public_port=args.public_port, internal_port=args.internal_port, public_host=args.host,
         internal_host=args.host,
     )  # fmt: skip
-    keyring = settings.require_keyring_file()
-    if not keyring.exists():
-        create_keyring_file(keyring)
+    _ensure_dev_keys(settings)
     asyncio.run(_migrate(settings))
     token_path = data_dir / "admin.token"
     created = asyncio.run(_ensure_admin_token(settings, token_path))
@@ -126,16 +164,13 @@ def _cmd_keyring_init(args: argparse.Namespace) -> None:
     print(f"keyring written to {path} (mode 0600)", file=sys.stderr)
 
 
-async def _with_store(settings: Settings) -> Store:
-    return Store.connect(settings.require_database_url(), pool_size=1)
-
-
 def _cmd_token_create(args: argparse.Namespace) -> None:
     async def run() -> str:
-        store = await _with_store(_settings(args))
-        try:
+        async with _opened(_settings(args)) as (store, auditor):
             token, _ = await create_token(
                 store,
+                auditor,
+                _CLI,
                 role=Role(args.role),
                 name=args.name,
                 now=utcnow(),
@@ -144,16 +179,13 @@ def _cmd_token_create(args: argparse.Namespace) -> None:
                 max_ttl_seconds=args.max_ttl,
             )
             return token
-        finally:
-            await store.close()
 
     print(asyncio.run(run()))
 
 
 def _cmd_token_list(args: argparse.Namespace) -> None:
     async def run() -> None:
-        store = await _with_store(_settings(args))
-        try:
+        async with _opened(_settings(args)) as (store, _auditor):
             for info in await list_tokens(store):
                 print(
                     json.dumps(
@@ -169,22 +201,70 @@ def _cmd_token_list(args: argparse.Namespace) -> None:
                         }
                     )
                 )
-        finally:
-            await store.close()
 
     asyncio.run(run())
 
 
 def _cmd_token_revoke(args: argparse.Namespace) -> None:
     async def run() -> None:
-        store = await _with_store(_settings(args))
-        try:
-            await revoke_token(store, args.token_id, now=utcnow())
-        finally:
-            await store.close()
+        async with _opened(_settings(args)) as (store, auditor):
+            await revoke_token(store, auditor, _CLI, args.token_id, now=utcnow())
 
     asyncio.run(run())
     print(f"token {args.token_id} revoked", file=sys.stderr)
+
+
+def _cmd_audit_keys_init(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    if path.exists():
+        raise ConfigError("the audit keys file exists already; refusing to overwrite it")
+    create_audit_keys_file(path)
+    print(f"audit keys written to {path} (mode 0600)", file=sys.stderr)
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> None:
+    async def run(out: TextIO) -> None:
+        async with _opened(_settings(args)) as (store, auditor):
+            async for line in export_lines(store, auditor, _CLI):
+                out.write(line + "\n")
+
+    if args.out in (None, "-"):
+        asyncio.run(run(sys.stdout))
+    else:
+        with open(args.out, "w") as out:
+            asyncio.run(run(out))
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> None:
+    pinned = None if args.public_key is None else PublicKey.from_pem(Path(args.public_key).read_bytes())
+    if args.file is not None:
+        with open(args.file) as fh:
+            events, checkpoints, embedded = parse_export(fh)
+        key = pinned or embedded
+        if key is None:
+            raise ConfigError("the export has no public key; pass --public-key")
+        if pinned is None:
+            print(
+                "warning: using the public key inside the export; pass --public-key to pin it",
+                file=sys.stderr,
+            )
+        report = verify(events, checkpoints, key)
+    else:
+
+        async def run() -> Report:
+            async with _opened(_settings(args)) as (store, auditor):
+                return await verify_live(store, auditor, _CLI, pinned or auditor.keys.public_key)
+
+        report = asyncio.run(run())
+    summary = (
+        f"{report.events} events ({report.sealed} sealed), {report.checkpoints} checkpoints, "
+        f"{report.uncovered} events after the last checkpoint"
+    )
+    if report.problem is not None:
+        print(f"FAIL: {report.problem}", file=sys.stderr)
+        print(summary, file=sys.stderr)
+        sys.exit(3)
+    print(f"ok: {summary}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,6 +294,23 @@ def _parser() -> argparse.ArgumentParser:
     init = keyring.add_parser("init", help="write a new keyring file (mode 0600)")
     init.add_argument("--file", required=True)
     init.set_defaults(func=_cmd_keyring_init)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    keys = audit.add_parser("keys", help="audit keys").add_subparsers(dest="keys_command", required=True)
+    keys_init = keys.add_parser(
+        "init", help="write new audit keys (checkpoint signing and HMAC keys, mode 0600)"
+    )
+    keys_init.add_argument("--file", required=True)
+    keys_init.set_defaults(func=_cmd_audit_keys_init)
+    export = with_data_dir(audit.add_parser("export", help="export events and checkpoints as JSON lines"))
+    export.add_argument("--out", help="a file (default: stdout)")
+    export.set_defaults(func=_cmd_audit_export)
+    check = with_data_dir(
+        audit.add_parser("verify", help="verify an export (--file) or the live log; exit 3 on failure")
+    )
+    check.add_argument("--file", help="an export made by `audit export` (default: the live database)")
+    check.add_argument("--public-key", help="the checkpoint public key (PEM) to verify against")
+    check.set_defaults(func=_cmd_audit_verify)
 
     token = sub.add_parser("token", help="service credentials").add_subparsers(
         dest="token_command", required=True

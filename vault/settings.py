@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     max_body_bytes: int = 64 * 1024
     lease_max_ttl_seconds: int = 300
+    audit_keys_file: Path | None = None
+    audit_seal_interval_seconds: float = 1.0
+    audit_checkpoint_interval_seconds: float = 60.0
     dev_mode: bool = False
 
     @classmethod
@@ -52,6 +55,7 @@ class Settings(BaseSettings):
         values: dict[str, object] = {
             "database_url": SecretStr(f"sqlite+aiosqlite:///{data_dir / 'vault.db'}"),
             "keyring_file": data_dir / "keyring.json",
+            "audit_keys_file": data_dir / "audit-keys.json",
             "dev_mode": True,
         }
         values.update(overrides)
@@ -72,6 +76,11 @@ class Settings(BaseSettings):
             raise ConfigError("VAULT_KEYRING_FILE is not set")
         return self.keyring_file
 
+    def require_audit_keys_file(self) -> Path:
+        if self.audit_keys_file is None:
+            raise ConfigError("VAULT_AUDIT_KEYS_FILE is not set")
+        return self.audit_keys_file
+
     def check_production(self) -> None:
         """Refuse to serve on missing or weak secrets. Raises :class:`ConfigError` naming the setting."""
         if self.dev_mode:
@@ -80,10 +89,15 @@ class Settings(BaseSettings):
         password = urlsplit(url).password
         if password is not None and (password.lower() in WEAK_DB_PASSWORDS or len(password) < 12):
             raise ConfigError("the database password in VAULT_DATABASE_URL is weak (known or under 12 chars)")
-        path = self.require_keyring_file()
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            raise ConfigError("VAULT_KEYRING_FILE does not exist") from None
-        if stat.S_IMODE(mode) & 0o077:
-            raise ConfigError("VAULT_KEYRING_FILE must not be readable by group or others (chmod 600)")
+        for name, path in (
+            ("VAULT_KEYRING_FILE", self.require_keyring_file()),
+            ("VAULT_AUDIT_KEYS_FILE", self.require_audit_keys_file()),
+        ):
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                raise ConfigError(f"{name} does not exist") from None
+            if stat.S_IMODE(mode) & 0o077:
+                raise ConfigError(f"{name} must not be readable by group or others (chmod 600)")
+        if self.audit_seal_interval_seconds <= 0:
+            raise ConfigError("VAULT_AUDIT_SEAL_INTERVAL_SECONDS must be positive in production")

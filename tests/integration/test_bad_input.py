@@ -94,7 +94,15 @@ def test_every_bad_input_is_refused_cleanly(
             assert body["error"] == code, name
             assert isinstance(body["detail"], str) and body["detail"], name
             assert not _leaks(response.text, secrets), name
-    assert raw.counts() == before, "a refused ingest wrote a row"
+    after = raw.counts()
+    audited = after["audit_events"] - before["audit_events"]
+    state = ("users", "user_keys", "sessions", "service_tokens", "leases")
+    assert {t: after[t] for t in state} == {t: before[t] for t in state}, "a refused ingest wrote a row"
+    # Refused sessions are audited (the request never reached validation for the other cases).
+    refused = [c for c in CASES if c[4] in ("invalid_session", "session_expired")]
+    rows = raw.query("SELECT outcome, detail FROM audit_events WHERE action = 'session.ingest'")
+    assert sorted(rows) == sorted(("denied", c[4]) for c in refused)
+    assert audited == len(refused)
 
 
 def test_chunked_body_over_the_limit_is_refused(vault: LiveVault, raw: RawDb) -> None:

@@ -6,10 +6,11 @@ Async tests run their coroutine with ``asyncio.run`` inside a plain test functio
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -165,6 +166,98 @@ def test_async_background_renewal_keeps_a_short_lease(vault: LiveVault) -> None:
             assert (await other.grant(user_id, purpose="sign")).fencing_token == fence + 1
 
     asyncio.run(main())
+
+
+# --- the vault's default TTL ------------------------------------------------------------------------
+
+
+def _seconds_left(lease: Lease) -> float:
+    return (lease.expires_at - datetime.now(UTC)).total_seconds()
+
+
+def test_sync_default_ttl_is_the_tokens_maximum_when_lower(vault: LiveVault) -> None:
+    _, user_id, _ = _ingest(vault, 211)
+    with VaultClient(vault.internal, vault.token("signer", max_ttl_seconds=10)) as client:
+        with client.lease(user_id, purpose="sign") as lease:
+            assert 9 <= _seconds_left(lease) <= 10.5
+            assert lease.ttl_seconds == 10  # renewal runs every ~3.3 s, not every 10 s (30 / 3)
+            renewed_from = lease.expires_at
+            time.sleep(1.1)
+            assert client.renew(lease) > renewed_from
+            assert 9 <= _seconds_left(lease) <= 10.5  # renewed by the lease's own TTL
+    with VaultClient(vault.internal, vault.token("signer")) as client:
+        lease = client.grant(user_id, purpose="sign")  # no token maximum: the vault's 30 s
+        assert (lease.ttl_seconds, 29 <= _seconds_left(lease) <= 30.5) == (30, True)
+        client.release(lease)
+        lease = client.grant(user_id, purpose="sign", ttl_seconds=7)  # asked for: used as is
+        assert (lease.ttl_seconds, 6 <= _seconds_left(lease) <= 7.5) == (7, True)
+        client.release(lease)
+
+
+def test_async_default_ttl_is_the_tokens_maximum_when_lower(vault: LiveVault) -> None:
+    _, user_id, _ = _ingest(vault, 221)
+    token = vault.token("signer", max_ttl_seconds=10)
+
+    async def main() -> None:
+        async with AsyncVaultClient(vault.internal, token) as client:
+            async with client.lease(user_id, purpose="sign") as lease:
+                assert 9 <= _seconds_left(lease) <= 10.5
+                assert lease.ttl_seconds == 10
+            lease = await client.grant(user_id, purpose="sign")
+            assert lease.ttl_seconds == 10
+            await client.release(lease)
+
+    asyncio.run(main())
+
+
+def _granting(expires_in: float, bodies: list[dict[str, object]]) -> httpx.MockTransport:
+    """A vault that grants every lease for ``expires_in`` seconds and records each request body."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if request.url.path.endswith("/release"):
+            return httpx.Response(200, json={"lease_id": "l", "released": True, "written_back": False})
+        expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
+        return httpx.Response(
+            201,
+            json={"lease_id": "l", "session_id": "s", "user_id": "u", "fencing_token": 1,
+                  "expires_at": expires_at.isoformat(), "session": "x"},
+        )  # fmt: skip
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    ("ttl_seconds", "expires_in", "expected"),
+    [
+        (None, 10.0, 10),
+        (None, 30.2, 30),
+        (None, 0.2, 1),  # at least 1
+        (None, 95.0, 30),  # a client clock behind the vault's cannot stretch the default past 30 s
+        (5, 9.0, 5),  # asked for: the vault grants exactly that
+    ],
+)
+def test_ttl_is_omitted_when_not_given_and_inferred_from_the_grant(
+    ttl_seconds: int | None, expires_in: float, expected: int
+) -> None:
+    bodies: list[dict[str, object]] = []
+    with VaultClient("http://vault", "t", transport=_granting(expires_in, bodies)) as client:
+        lease = client.grant("u", purpose="sign", ttl_seconds=ttl_seconds)
+    wanted: dict[str, object] = {"purpose": "sign"}
+    if ttl_seconds is not None:
+        wanted["ttl_seconds"] = ttl_seconds
+    assert bodies == [wanted]
+    assert lease.ttl_seconds == expected
+
+    async def main() -> Lease:
+        transport = _granting(expires_in, bodies)
+        async with AsyncVaultClient("http://vault", "t", transport=transport) as client:
+            async with client.lease("u", purpose="sign", ttl_seconds=ttl_seconds, renew=False) as lease:
+                return lease
+
+    bodies.clear()
+    assert asyncio.run(main()).ttl_seconds == expected
+    assert bodies[0] == wanted
 
 
 # --- waiting for a held lease ------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import httpx
 from tests._db import RawDb
 from tests._live import LiveVault
 from tests.sessiongen import make_session
-from vault.service import Role, create_token, utcnow
+from vault.keys import load_audit_keys_file
+from vault.service import Auditor, Context, Role, create_token, utcnow
 from vault.settings import Settings
 from vault.store import Store
 
@@ -115,7 +116,10 @@ def test_token_service_rejects_nothing_it_should_accept(settings: Settings) -> N
     async def run() -> None:
         store = Store.connect(settings.require_database_url(), pool_size=1)
         try:
-            token, info = await create_token(store, role=Role.AUDITOR, name="a", now=utcnow())
+            auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()))
+            token, info = await create_token(
+                store, auditor, Context(), role=Role.AUDITOR, name="a", now=utcnow()
+            )
             assert token.startswith(f"svt_{info.id}_") and info.role is Role.AUDITOR
             assert "svt_" not in repr(info)
         finally:

@@ -26,9 +26,10 @@ from hypothesis.stateful import (
 )
 
 from tests.sessiongen import make_session
+from vault.audit import AuditKeys
 from vault.errors import Forbidden, LeaseHeld, LeaseLost
 from vault.keys import DekCache, LocalKeyringProvider
-from vault.service import Context, LeaseService, Principal, Role, ingest
+from vault.service import Auditor, Context, LeaseService, Principal, Role, ingest
 from vault.store import Store
 
 HOLDERS = {
@@ -58,8 +59,13 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
             self.now_us = int(time.time() * 1_000_000)
             self.store = Store.connect(db_url, pool_size=2, clock_us=lambda: self.now_us)
             self.kek = LocalKeyringProvider.from_file(keyring)
+            self.auditor = Auditor(AuditKeys.generate())
             self.service = LeaseService(
-                store=self.store, kek=self.kek, cache=DekCache(ttl=60, max_entries=10), max_ttl=300
+                store=self.store,
+                kek=self.kek,
+                cache=DekCache(ttl=60, max_entries=10),
+                auditor=self.auditor,
+                max_ttl=300,
             )
             self.by_id: dict[str, ModelLease] = {}
             self.last_fence = 0
@@ -82,7 +88,13 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
             self.user_id = body["userId"]
             result = self.run(
                 ingest(
-                    self.store, self.kek, DekCache(ttl=0, max_entries=0), self.content, now=datetime.now(UTC)
+                    self.store,
+                    self.kek,
+                    DekCache(ttl=0, max_entries=0),
+                    self.auditor,
+                    Context(),
+                    self.content,
+                    now=datetime.now(UTC),
                 )
             )
             self.session_id = result.session_id

@@ -38,6 +38,7 @@ def serve(settings: Settings, count: int, log_dir: Path) -> Iterator[list[Served
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
     env["VAULT_DATABASE_URL"] = settings.require_database_url()
     env["VAULT_KEYRING_FILE"] = str(settings.require_keyring_file())
+    env["VAULT_AUDIT_KEYS_FILE"] = str(settings.require_audit_keys_file())
     servers: list[Served] = []
     try:
         for i in range(count):

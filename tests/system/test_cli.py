@@ -19,7 +19,7 @@ import pytest
 
 from tests._db import drop_pg_database, pg_execute, pg_vault_url
 from tests.sessiongen import make_session
-from vault.keys import create_keyring_file
+from vault.keys import create_audit_keys_file, create_keyring_file
 
 CLI = [sys.executable, "-m", "vault.cli"]
 
@@ -116,39 +116,41 @@ def test_dev_runs_with_no_configuration_and_keeps_its_data(tmp_path: Path) -> No
 def test_serve_refuses_missing_or_weak_secrets(tmp_path: Path) -> None:
     keyring = tmp_path / "keyring.json"
     create_keyring_file(keyring)
+    audit_keys = tmp_path / "audit-keys.json"
+    create_audit_keys_file(audit_keys)
     good_db = "postgresql+asyncpg://vault:Xq9-long-enough-password@127.0.0.1:5432/vault"
     loose = tmp_path / "loose.json"
     loose.write_bytes(keyring.read_bytes())
     loose.chmod(0o644)
+    loose_audit = tmp_path / "loose-audit.json"
+    loose_audit.write_bytes(audit_keys.read_bytes())
+    loose_audit.chmod(0o640)
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "session-vault-keyring/1", "active": 1, "keys": {"1": "' + "A" * 44 + '"}}')
     bad.chmod(0o600)
-    cases = {
-        "no database url": {"VAULT_KEYRING_FILE": str(keyring)},
-        "no keyring": {"VAULT_DATABASE_URL": good_db},
-        "weak db password": {
-            "VAULT_DATABASE_URL": "postgresql+asyncpg://postgres:postgres@127.0.0.1/vault",
-            "VAULT_KEYRING_FILE": str(keyring),
-        },
-        "short db password": {
-            "VAULT_DATABASE_URL": "postgresql+asyncpg://vault:Zk3@127.0.0.1/vault",
-            "VAULT_KEYRING_FILE": str(keyring),
-        },
-        "keyring readable by others": {"VAULT_DATABASE_URL": good_db, "VAULT_KEYRING_FILE": str(loose)},
-        "keyring missing": {"VAULT_DATABASE_URL": good_db, "VAULT_KEYRING_FILE": str(tmp_path / "nope")},
-        "all-zero key": {"VAULT_DATABASE_URL": good_db, "VAULT_KEYRING_FILE": str(bad)},
-        "dev mode": {
-            "VAULT_DATABASE_URL": good_db,
-            "VAULT_KEYRING_FILE": str(keyring),
-            "VAULT_DEV_MODE": "1",
-        },
-        "unknown driver": {"VAULT_DATABASE_URL": "mysql://x:y@h/d", "VAULT_KEYRING_FILE": str(keyring)},
-        "bad port": {
-            "VAULT_DATABASE_URL": good_db,
-            "VAULT_KEYRING_FILE": str(keyring),
-            "VAULT_PUBLIC_PORT": "x",
-        },
+    base = {
+        "VAULT_DATABASE_URL": good_db,
+        "VAULT_KEYRING_FILE": str(keyring),
+        "VAULT_AUDIT_KEYS_FILE": str(audit_keys),
     }
+    unset = ""
+    changes: dict[str, dict[str, str]] = {
+        "no database url": {"VAULT_DATABASE_URL": unset},
+        "no keyring": {"VAULT_KEYRING_FILE": unset},
+        "no audit keys": {"VAULT_AUDIT_KEYS_FILE": unset},
+        "weak db password": {"VAULT_DATABASE_URL": "postgresql+asyncpg://postgres:postgres@127.0.0.1/vault"},
+        "short db password": {"VAULT_DATABASE_URL": "postgresql+asyncpg://vault:Zk3@127.0.0.1/vault"},
+        "keyring readable by others": {"VAULT_KEYRING_FILE": str(loose)},
+        "audit keys readable by group": {"VAULT_AUDIT_KEYS_FILE": str(loose_audit)},
+        "keyring missing": {"VAULT_KEYRING_FILE": str(tmp_path / "nope")},
+        "all-zero key": {"VAULT_KEYRING_FILE": str(bad)},
+        "audit keys are a keyring": {"VAULT_AUDIT_KEYS_FILE": str(keyring)},
+        "dev mode": {"VAULT_DEV_MODE": "1"},
+        "sealing off": {"VAULT_AUDIT_SEAL_INTERVAL_SECONDS": "0"},
+        "unknown driver": {"VAULT_DATABASE_URL": "mysql://x:y@h/d"},
+        "bad port": {"VAULT_PUBLIC_PORT": "x"},
+    }
+    cases = {name: {k: v for k, v in {**base, **change}.items() if v} for name, change in changes.items()}
     for name, env in cases.items():
         result = _run("serve", env=env)
         assert result.returncode == 1, (name, result.stderr)
@@ -169,7 +171,13 @@ def pg_database() -> Iterator[str]:
 def test_db_upgrade_and_tokens_from_environment_on_postgresql(pg_database: str, tmp_path: Path) -> None:
     keyring = tmp_path / "keyring.json"
     create_keyring_file(keyring)
-    env = {"VAULT_DATABASE_URL": pg_database, "VAULT_KEYRING_FILE": str(keyring)}
+    audit_keys = tmp_path / "audit-keys.json"
+    create_audit_keys_file(audit_keys)
+    env = {
+        "VAULT_DATABASE_URL": pg_database,
+        "VAULT_KEYRING_FILE": str(keyring),
+        "VAULT_AUDIT_KEYS_FILE": str(audit_keys),
+    }
     assert _run("db", "upgrade", env=env).returncode == 0
     assert _run("db", "upgrade", env=env).returncode == 0  # idempotent
     created = _run("token", "create", "--role", "signer", "--name", "signer-1", "--purpose", "sign",

@@ -13,13 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from vault import errors as e
-from vault.api._deps import (
-    AdminCaller,
-    IngestCaller,
-    VaultDep,
-    json_body_schema,
-    read_json,
-)
+from vault.api._deps import AdminCtx, IngestCtx, PublicCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import install_error_handlers, responses_for
 from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
@@ -45,6 +39,7 @@ def _lifespan(settings: Settings, vault: Vault | None) -> Callable[[FastAPI], An
             return
         owned = Vault.from_settings(settings)
         app.state.vault = owned
+        owned.start()
         try:
             yield
         finally:
@@ -77,9 +72,9 @@ def create_public_app(settings: Settings, *, vault: Vault | None = None) -> Fast
         openapi_extra=json_body_schema(ImportSession),
         responses=_INGEST_ERRORS,
     )
-    async def import_session(request: Request, vault: VaultDep) -> ImportedSession:
+    async def import_session(request: Request, vault: VaultDep, ctx: PublicCtx) -> ImportedSession:
         body = await read_json(request, ImportSession)
-        return ImportedSession.of(await vault.ingest(body.session))
+        return ImportedSession.of(await vault.ingest(ctx, body.session))
 
     return _finish(app, settings)
 
@@ -113,10 +108,10 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         openapi_extra=json_body_schema(ImportSession),
         responses={**_INGEST_ERRORS, **_AUTH_ERRORS},
     )
-    async def ingest_session(request: Request, vault: VaultDep, _caller: IngestCaller) -> ImportedSession:
+    async def ingest_session(request: Request, vault: VaultDep, ctx: IngestCtx) -> ImportedSession:
         """Ingest a session from an app backend (role ``ingest``). Same rules as the public endpoint."""
         body = await read_json(request, ImportSession)
-        return ImportedSession.of(await vault.ingest(body.session))
+        return ImportedSession.of(await vault.ingest(ctx, body.session))
 
     @app.post(
         "/v1/tokens",
@@ -126,11 +121,13 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         openapi_extra=json_body_schema(NewToken),
         responses={**responses_for(e.InvalidRequest, e.UnsupportedMediaType), **_AUTH_ERRORS},
     )
-    async def new_token(request: Request, vault: VaultDep, _caller: AdminCaller) -> TokenCreated:
+    async def new_token(request: Request, vault: VaultDep, ctx: AdminCtx) -> TokenCreated:
         """Create a service credential (role ``admin``). The token is in this response only."""
         body = await read_json(request, NewToken)
         token, info = await create_token(
             vault.store,
+            vault.auditor,
+            ctx,
             role=Role(body.role),
             name=body.name,
             now=vault.clock(),
@@ -141,7 +138,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         return TokenCreated.model_validate({**TokenView.of(info).model_dump(), "token": token})
 
     @app.get("/v1/tokens", response_model=list[TokenView], tags=["admin"], responses=_AUTH_ERRORS)
-    async def tokens(vault: VaultDep, _caller: AdminCaller) -> list[TokenView]:
+    async def tokens(vault: VaultDep, _ctx: AdminCtx) -> list[TokenView]:
         """List service credentials (role ``admin``). Secrets are never shown: only ids and attributes."""
         return [TokenView.of(info) for info in await list_tokens(vault.store)]
 
@@ -151,9 +148,9 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         tags=["admin"],
         responses={**responses_for(e.NotFound), **_AUTH_ERRORS},
     )
-    async def delete_token(token_id: str, vault: VaultDep, _caller: AdminCaller) -> Response:
+    async def delete_token(token_id: str, vault: VaultDep, ctx: AdminCtx) -> Response:
         """Revoke a service credential (role ``admin``); it stops working at once."""
-        await revoke_token(vault.store, token_id, now=vault.clock())
+        await revoke_token(vault.store, vault.auditor, ctx, token_id, now=vault.clock())
         return Response(status_code=204)
 
     return _finish(app, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -12,12 +13,14 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from vault.errors import InvalidRequest, UnsupportedMediaType
-from vault.service import Context, Principal, Role, Vault
+from vault.service import Context, Role, Vault
 
 __all__ = [
-    "AdminCaller",
-    "IngestCaller",
-    "SignerCaller",
+    "AdminCtx",
+    "AuditorCtx",
+    "IngestCtx",
+    "PublicCtx",
+    "SignerCtx",
     "VaultDep",
     "json_body_schema",
     "read_json",
@@ -36,28 +39,35 @@ def get_vault(request: Request) -> Vault:
 VaultDep = Annotated[Vault, Depends(get_vault)]
 
 
-def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Principal]]:
-    async def dependency(request: Request, vault: VaultDep) -> Principal:
+def request_context(request: Request) -> Context:
+    """The audit context of a request before authentication: request id (``X-Request-Id`` if sane, else
+    a new one) and source address."""
+    given = request.headers.get("x-request-id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+    source = request.client.host if request.client is not None else None
+    return Context(request_id=request_id, source=source)
+
+
+def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Context]]:
+    """A dependency giving the caller's audit context, authenticated as ``role`` (failures audited)."""
+
+    async def dependency(request: Request, vault: VaultDep) -> Context:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        return await vault.authenticate(token.strip() if scheme.lower() == "bearer" else None, role)
+        ctx = request_context(request)
+        bearer = token.strip() if scheme.lower() == "bearer" else None
+        principal = await vault.authenticate(bearer, role, ctx)
+        return dataclasses.replace(ctx, principal=principal)
 
     return dependency
 
 
-IngestCaller = Annotated[Principal, Depends(require_role(Role.INGEST))]
-AdminCaller = Annotated[Principal, Depends(require_role(Role.ADMIN))]
-SignerCaller = Annotated[Principal, Depends(require_role(Role.SIGNER))]
-
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def request_context(request: Request, principal: Principal) -> Context:
-    """The audit context of a request: the caller, a request id (``X-Request-Id`` if sane), the source."""
-    given = request.headers.get("x-request-id", "")
-    request_id = given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
-    source = request.client.host if request.client is not None else None
-    return Context(principal=principal, request_id=request_id, source=source)
+PublicCtx = Annotated[Context, Depends(request_context)]
+IngestCtx = Annotated[Context, Depends(require_role(Role.INGEST))]
+SignerCtx = Annotated[Context, Depends(require_role(Role.SIGNER))]
+AuditorCtx = Annotated[Context, Depends(require_role(Role.AUDITOR))]
+AdminCtx = Annotated[Context, Depends(require_role(Role.ADMIN))]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

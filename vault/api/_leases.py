@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from vault import errors as e
-from vault.api._deps import SignerCaller, VaultDep, json_body_schema, read_json, request_context
+from vault.api._deps import SignerCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import responses_for
 from vault.api._models import LeaseGranted, LeaseRequest, Released, ReleaseRequest, Renewed, RenewRequest
 from vault.service import Grant
@@ -49,13 +49,11 @@ def _granted(grant: Grant, response: Response) -> LeaseGranted:
     responses=_GRANT_ERRORS,
 )
 async def lease_user(
-    user_id: str, request: Request, response: Response, vault: VaultDep, caller: SignerCaller
+    user_id: str, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
 ) -> LeaseGranted:
     """Lease the user's newest usable session. 409 ``lease_held`` carries ``retry_after`` (seconds)."""
     body = await read_json(request, LeaseRequest)
-    grant = await vault.leases.grant(
-        request_context(request, caller), purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id
-    )
+    grant = await vault.leases.grant(ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id)
     return _granted(grant, response)
 
 
@@ -67,12 +65,12 @@ async def lease_user(
     responses=_GRANT_ERRORS,
 )
 async def lease_session(
-    session_id: str, request: Request, response: Response, vault: VaultDep, caller: SignerCaller
+    session_id: str, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
 ) -> LeaseGranted:
     """Lease one session by id."""
     body = await read_json(request, LeaseRequest)
     grant = await vault.leases.grant(
-        request_context(request, caller),
+        ctx,
         purpose=body.purpose,
         ttl_seconds=body.ttl_seconds,
         session_id=session_id,
@@ -86,12 +84,10 @@ async def lease_session(
     openapi_extra=json_body_schema(RenewRequest),
     responses=responses_for(*_HOLDER_ERRORS),
 )
-async def renew(lease_id: str, request: Request, vault: VaultDep, caller: SignerCaller) -> Renewed:
+async def renew(lease_id: str, request: Request, vault: VaultDep, ctx: SignerCtx) -> Renewed:
     """Extend the lease by its TTL from now. Only its holder, with the newest fencing token."""
     body = await read_json(request, RenewRequest)
-    renewal = await vault.leases.renew(
-        request_context(request, caller), lease_id, fencing_token=body.fencing_token
-    )
+    renewal = await vault.leases.renew(ctx, lease_id, fencing_token=body.fencing_token)
     return Renewed(lease_id=renewal.lease_id, expires_at=renewal.expires_at)
 
 
@@ -101,10 +97,8 @@ async def renew(lease_id: str, request: Request, vault: VaultDep, caller: Signer
     openapi_extra=json_body_schema(ReleaseRequest),
     responses=responses_for(*_HOLDER_ERRORS, e.InvalidSession, e.SessionExpired, e.TooLarge),
 )
-async def release(lease_id: str, request: Request, vault: VaultDep, caller: SignerCaller) -> Released:
+async def release(lease_id: str, request: Request, vault: VaultDep, ctx: SignerCtx) -> Released:
     """End the lease; a ``session`` given here is stored as the session's next version (write-back)."""
     body = await read_json(request, ReleaseRequest)
-    await vault.leases.release(
-        request_context(request, caller), lease_id, fencing_token=body.fencing_token, session=body.session
-    )
+    await vault.leases.release(ctx, lease_id, fencing_token=body.fencing_token, session=body.session)
     return Released(lease_id=lease_id, written_back=body.session is not None)

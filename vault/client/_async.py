@@ -14,18 +14,18 @@ import httpx
 from vault.client._errors import json_body
 from vault.client._lease import (
     Backoff,
+    GrantRequest,
     Lease,
-    grant_path,
-    is_transient,
-    parse_grant,
+    check_wait,
     parse_released,
     parse_renewed,
-    release_path,
-    renew_path,
+    release_request,
+    renew_request,
     renewal_interval,
+    renewal_stops,
     transport_error,
 )
-from vault.errors import InvalidSession, LeaseHeld, LeaseLost, NoLease, TooLarge, VaultError
+from vault.errors import InvalidSession, LeaseHeld, LeaseLost, TooLarge
 
 __all__ = ["AsyncLeaseScope", "AsyncVaultClient"]
 
@@ -76,17 +76,22 @@ class AsyncVaultClient:
         *,
         session_id: str | None = None,
         purpose: str,
-        ttl_seconds: int = 30,
+        ttl_seconds: int | None = None,
     ) -> Lease:
-        """Take a lease on the user's newest session (or on one session by id), once, without renewal."""
-        path = grant_path(user_id, session_id)
-        body = await self._post(path, {"purpose": purpose, "ttl_seconds": ttl_seconds}, 201)
-        return parse_grant(body, ttl_seconds)
+        """Take a lease on the user's newest session (or on one session by id), once, without renewal.
+
+        Without ``ttl_seconds`` the vault's default applies (30 s, or the token's maximum if lower).
+        """
+        return await self._grant(GrantRequest.of(user_id, session_id, purpose, ttl_seconds))
+
+    async def _grant(self, request: GrantRequest) -> Lease:
+        sent_at = time.time()
+        return request.lease(await self._post(request.path, request.payload, 201), sent_at)
 
     async def renew(self, lease: Lease) -> datetime:
         """Extend the lease by its TTL from now; updates and returns ``lease.expires_at``."""
         try:
-            body = await self._post(renew_path(lease), {"fencing_token": lease.fencing_token}, 200)
+            body = await self._post(*renew_request(lease), 200)
         except LeaseLost:
             lease.lost = True
             raise
@@ -98,11 +103,8 @@ class AsyncVaultClient:
 
         Returns whether the vault wrote a session back.
         """
-        payload: dict[str, Any] = {"fencing_token": lease.fencing_token}
-        if session is not None:
-            payload["session"] = session
         try:
-            body = await self._post(release_path(lease), payload, 200)
+            body = await self._post(*release_request(lease, session), 200)
         except LeaseLost:
             lease.lost = True
             raise
@@ -114,34 +116,23 @@ class AsyncVaultClient:
         *,
         session_id: str | None = None,
         purpose: str,
-        ttl_seconds: int = 30,
+        ttl_seconds: int | None = None,
         wait: float = 0.0,
         renew: bool = True,
     ) -> AsyncLeaseScope:
         """An async context manager holding a lease for its block: grant (waiting up to ``wait`` seconds while
-        another holder has it), renew in the background, release (with ``lease.refreshed``) on exit."""
-        grant_path(user_id, session_id)
-        if wait < 0:
-            raise ValueError("wait must not be negative")
-        return AsyncLeaseScope(
-            self,
-            user_id=user_id,
-            session_id=session_id,
-            purpose=purpose,
-            ttl_seconds=ttl_seconds,
-            wait=wait,
-            renew=renew,
-        )
+        another holder has it), renew in the background, release (with ``lease.refreshed``) on exit.
 
-    async def _grant_waiting(
-        self, user_id: str | None, session_id: str | None, purpose: str, ttl_seconds: int, wait: float
-    ) -> Lease:
+        Without ``ttl_seconds`` the vault's default applies (30 s, or the token's maximum if lower)."""
+        request = GrantRequest.of(user_id, session_id, purpose, ttl_seconds)
+        check_wait(wait)
+        return AsyncLeaseScope(self, request, wait=wait, renew=renew)
+
+    async def _grant_waiting(self, request: GrantRequest, wait: float) -> Lease:
         backoff = Backoff(time.monotonic() + wait)
         while True:
             try:
-                return await self.grant(
-                    user_id, session_id=session_id, purpose=purpose, ttl_seconds=ttl_seconds
-                )
+                return await self._grant(request)
             except LeaseHeld as exc:
                 delay = backoff.delay(exc.retry_after, time.monotonic())
                 if delay is None:
@@ -175,37 +166,18 @@ class _Renewer:
             await asyncio.sleep(interval)
             try:
                 await self.client.renew(self.lease)
-            except (LeaseLost, NoLease) as exc:
-                self.lease.lost = True
-                self.error = exc
-                return
-            except VaultError as exc:
-                if not is_transient(exc):
+            except Exception as exc:
+                if renewal_stops(self.lease, exc):
                     self.error = exc
                     return
-            except Exception as exc:  # the client was closed under the lease, or a bug: stop quietly
-                self.error = exc
-                return
 
 
 class AsyncLeaseScope:
     """Returned by :meth:`AsyncVaultClient.lease`; ``async with`` it to hold the lease. Single use."""
 
-    def __init__(
-        self,
-        client: AsyncVaultClient,
-        *,
-        user_id: str | None,
-        session_id: str | None,
-        purpose: str,
-        ttl_seconds: int,
-        wait: float,
-        renew: bool,
-    ) -> None:
+    def __init__(self, client: AsyncVaultClient, request: GrantRequest, *, wait: float, renew: bool) -> None:
         self._client = client
-        self._target = (user_id, session_id)
-        self._purpose = purpose
-        self._ttl_seconds = ttl_seconds
+        self._request = request
         self._wait = wait
         self._renew = renew
         self._entered = False
@@ -219,10 +191,7 @@ class AsyncLeaseScope:
         if self._entered:
             raise RuntimeError("a lease scope can be entered only once")
         self._entered = True
-        user_id, session_id = self._target
-        lease = await self._client._grant_waiting(
-            user_id, session_id, self._purpose, self._ttl_seconds, self._wait
-        )
+        lease = await self._client._grant_waiting(self._request, self._wait)
         self._lease = lease
         if self._renew:
             self._renewer = _Renewer(self._client, lease)

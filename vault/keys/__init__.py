@@ -1,7 +1,13 @@
 """Key management: KEK providers and the DEK cache."""
 
 from vault.keys._cache import DekCache
-from vault.keys._local import LocalKeyringProvider, create_keyring_file, load_keyring_file
+from vault.keys._local import (
+    LocalKeyringProvider,
+    create_audit_keys_file,
+    create_keyring_file,
+    load_audit_keys_file,
+    load_keyring_file,
+)
 from vault.keys._provider import KekProvider, WrappedKey
 
 __all__ = [
@@ -9,6 +15,8 @@ __all__ = [
     "KekProvider",
     "LocalKeyringProvider",
     "WrappedKey",
+    "create_audit_keys_file",
     "create_keyring_file",
+    "load_audit_keys_file",
     "load_keyring_file",
 ]

@@ -6,39 +6,40 @@ the database can decrypt everything, so keep it off the database host's backups.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
+from vault.audit import AuditKeys
 from vault.crypto import Keyring, seal_with, unseal_with
-from vault.errors import ConfigError, DecryptionError
+from vault.errors import DecryptionError
+from vault.keys._files import read_private, write_private
 from vault.keys._provider import WrappedKey
 
-__all__ = ["LocalKeyringProvider", "create_keyring_file", "load_keyring_file"]
+__all__ = [
+    "LocalKeyringProvider",
+    "create_audit_keys_file",
+    "create_keyring_file",
+    "load_audit_keys_file",
+    "load_keyring_file",
+]
 
 
 def create_keyring_file(path: Path) -> None:
     """Write a new keyring to ``path`` with mode 0600. Refuses to overwrite an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(Keyring.generate().to_json())
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_private(path, Keyring.generate().to_json())
 
 
 def load_keyring_file(path: Path) -> Keyring:
     """Read a keyring file; :class:`ConfigError` if missing, readable by others, or malformed."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("the keyring file does not exist") from None
-    except OSError:
-        raise ConfigError("the keyring file cannot be read") from None
-    if mode & 0o077:
-        raise ConfigError("the keyring file must not be readable by group or others (chmod 600)")
-    return Keyring.from_json(data)
+    return Keyring.from_json(read_private(path, "keyring"))
+
+
+def create_audit_keys_file(path: Path) -> None:
+    """Write new audit keys (checkpoint signing key, audit HMAC key) to ``path`` with mode 0600."""
+    write_private(path, AuditKeys.generate().to_json())
+
+
+def load_audit_keys_file(path: Path) -> AuditKeys:
+    return AuditKeys.from_json(read_private(path, "audit keys"))
 
 
 class LocalKeyringProvider:

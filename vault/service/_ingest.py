@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vault.crypto import seal, session_aad, unseal
+from vault.errors import InvalidSession
 from vault.keys import DekCache, KekProvider
+from vault.service._audit import Auditor, Context
 from vault.service._keys import active_dek, dek_by_version
 from vault.sessions import parse_session
 from vault.store import LockedSession, SessionRow, Store, Tx
@@ -26,15 +28,28 @@ class IngestResult:
 
 
 async def ingest(
-    store: Store, kek: KekProvider, cache: DekCache, serialized: str, *, now: datetime
+    store: Store,
+    kek: KekProvider,
+    cache: DekCache,
+    auditor: Auditor,
+    ctx: Context,
+    serialized: str,
+    *,
+    now: datetime,
 ) -> IngestResult:
     """Store ``serialized`` as the user's newest session, in one transaction.
 
     Raises :class:`~vault.errors.InvalidSession` / :class:`~vault.errors.SessionExpired` before touching
-    the database, and :class:`~vault.errors.StoreUnavailable` / :class:`~vault.errors.KeyUnavailable` with
-    the transaction rolled back: on any failure no user, key or session row is written.
+    the database, and :class:`~vault.errors.StoreUnavailable` / :class:`~vault.errors.KeyUnavailable` /
+    :class:`~vault.errors.AuditUnavailable` with the transaction rolled back: on any failure no user, key
+    or session row is written. A refused session is audited (in its own transaction) and re-raised.
     """
-    parsed = parse_session(serialized, now=now)
+    try:
+        parsed = parse_session(serialized, now=now)
+    except InvalidSession as exc:
+        async with store.transaction() as tx:
+            await tx.insert_audit(auditor.record(ctx, "session.ingest", "denied", detail=exc.code))
+        raise
     session_id = str(uuid.uuid4())
     async with store.transaction() as tx:
         await tx.ensure_user_locked(parsed.user_id, now)
@@ -46,6 +61,15 @@ async def ingest(
             aad=session_aad(parsed.user_id, session_id, 1),
         )
         superseded = await tx.supersede_active_sessions(parsed.user_id, now)
+        for old in superseded:
+            await tx.insert_audit(
+                auditor.record(ctx, "session.supersede", "ok", user_id=parsed.user_id, session_id=old,
+                               detail=f"by {session_id}")
+            )  # fmt: skip
+        await tx.insert_audit(
+            auditor.record(ctx, "session.ingest", "ok", user_id=parsed.user_id, session_id=session_id,
+                           detail=parsed.format.value, subjects=parsed.subjects)
+        )  # fmt: skip
         await tx.insert_session(
             SessionRow(
                 id=session_id,

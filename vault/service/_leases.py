@@ -30,11 +30,11 @@ from vault.errors import (
     VaultError,
 )
 from vault.keys import DekCache, KekProvider
-from vault.service._context import Context, audit_record
+from vault.service._audit import Auditor, Context
 from vault.service._ingest import open_session
 from vault.service._keys import active_dek
-from vault.sessions import parse_session
-from vault.store import LockedLease, Store, Tx
+from vault.sessions import ParsedSession, parse_session
+from vault.store import AuditRecord, LockedLease, Store, Tx
 
 __all__ = ["DEFAULT_TTL", "Grant", "LeaseService", "Renewal", "from_us"]
 
@@ -86,18 +86,17 @@ def _lost(state: LockedLease, fencing_token: int) -> bool:
 
 
 class LeaseService:
-    def __init__(self, *, store: Store, kek: KekProvider, cache: DekCache, max_ttl: int) -> None:
+    def __init__(
+        self, *, store: Store, kek: KekProvider, cache: DekCache, auditor: Auditor, max_ttl: int
+    ) -> None:
         self.store = store
         self.kek = kek
         self.cache = cache
+        self.auditor = auditor
         self.max_ttl = max_ttl
 
-    async def _deny(self, ctx: Context, action: str, error: VaultError, **fields: str | int | None) -> None:
-        async with self.store.transaction() as tx:
-            await tx.insert_audit(audit_record(ctx, action, "denied", detail=error.code, **fields))
-
     async def _check_request(
-        self, ctx: Context, purpose: str, ttl_seconds: int | None, target: dict[str, str]
+        self, ctx: Context, purpose: str, ttl_seconds: int | None, user_id: str | None, session_id: str | None
     ) -> int:
         """Validate purpose and TTL; return the TTL to use: 30 s by default, or the caller's lower maximum."""
         principal = ctx.principal
@@ -110,7 +109,12 @@ class LeaseService:
             raise InvalidRequest(f"ttl_seconds must be between 1 and {limit}")
         if principal.purposes is not None and purpose not in principal.purposes:
             error = PurposeNotAllowed()
-            await self._deny(ctx, "lease.grant", error, purpose=purpose, **target)
+            async with self.store.transaction() as tx:
+                record = self.auditor.record(
+                    ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, user_id=user_id,
+                    session_id=session_id,
+                )  # fmt: skip
+                await tx.insert_audit(record)
             raise error
         return ttl
 
@@ -129,10 +133,8 @@ class LeaseService:
         (409), InvalidRequest (422), PurposeNotAllowed (403); AuditUnavailable or StoreUnavailable (503)
         with nothing released.
         """
-        principal = ctx.principal
-        assert principal is not None and (user_id is None) != (session_id is None)
-        target = {"user_id": user_id} if user_id is not None else {"session_id": session_id}
-        ttl = await self._check_request(ctx, purpose, ttl_seconds, {k: v for k, v in target.items() if v})
+        assert ctx.principal is not None and (user_id is None) != (session_id is None)
+        ttl = await self._check_request(ctx, purpose, ttl_seconds, user_id, session_id)
         async with self.store.transaction() as tx:
             error, grant = await self._grant_in(tx, ctx, purpose, ttl, session_id=session_id, user_id=user_id)
         if error is not None:
@@ -146,37 +148,42 @@ class LeaseService:
         """The grant transaction's body: (refusal, None) with the refusal audited, or (None, grant)."""
         principal = ctx.principal
         assert principal is not None
+        record = self.auditor.record
 
-        async def deny(error: VaultError, **ids: str | None) -> tuple[VaultError, None]:
-            record = audit_record(ctx, "lease.grant", "denied", detail=error.code, purpose=purpose, **ids)
-            await tx.insert_audit(record)
+        async def deny(
+            error: VaultError, at_us: int | None, user: str | None, session: str | None
+        ) -> tuple[VaultError, None]:
+            await tx.insert_audit(
+                record(ctx, "lease.grant", "denied", at_us=at_us, detail=error.code, purpose=purpose,
+                       user_id=user, session_id=session)
+            )  # fmt: skip
             return error, None
 
         peek = await tx.peek_session(session_id=session_id, user_id=user_id)
         if peek is None:
-            return await deny(NoSession(), user_id=user_id, session_id=session_id)
-        ids: dict[str, str | int | None] = {"user_id": peek.user_id, "session_id": peek.id}
+            return await deny(NoSession(), None, user_id, session_id)
         refusal = _refusal(peek.status, peek.expires_at, peek.now_us) or _held(
             peek.lease_expires_us, peek.now_us
         )
         if refusal is not None:
-            return await deny(refusal, user_id=peek.user_id, session_id=peek.id)
+            return await deny(refusal, peek.now_us, peek.user_id, peek.id)
         # Looked free: take the row lock and decide for real.
         locked = await tx.lock_session(peek.id)
         assert locked is not None  # sessions are never deleted
+        now = locked.now_us
         current = await tx.open_lease(locked.id)
-        refusal = _refusal(locked.status, locked.expires_at, locked.now_us) or _held(
-            None if current is None else current.expires_us, locked.now_us
+        refusal = _refusal(locked.status, locked.expires_at, now) or _held(
+            None if current is None else current.expires_us, now
         )
         if refusal is not None:
-            return await deny(refusal, user_id=locked.user_id, session_id=locked.id)
+            return await deny(refusal, now, locked.user_id, locked.id)
         if current is not None:
-            await tx.end_lease(current.id, now_us=locked.now_us, reason="expired")
-            takeover = audit_record(
-                ctx, "lease.takeover", "ok", lease_id=current.id, fencing_token=current.fencing_token,
-                purpose=purpose, **ids,
+            await tx.end_lease(current.id, now_us=now, reason="expired")
+            await tx.insert_audit(
+                record(ctx, "lease.takeover", "ok", at_us=now, lease_id=current.id,
+                       fencing_token=current.fencing_token, purpose=purpose, user_id=locked.user_id,
+                       session_id=locked.id)
             )  # fmt: skip
-            await tx.insert_audit(takeover)
         lease_id = str(uuid.uuid4())
         fence = await tx.insert_lease(
             lease_id=lease_id,
@@ -186,55 +193,29 @@ class LeaseService:
             ttl_seconds=ttl,
         )
         await tx.insert_audit(
-            audit_record(
-                ctx, "lease.grant", "ok", lease_id=lease_id, fencing_token=fence, purpose=purpose, **ids
+            record(
+                ctx,
+                "lease.grant",
+                "ok",
+                at_us=now,
+                lease_id=lease_id,
+                fencing_token=fence,
+                purpose=purpose,
+                user_id=locked.user_id,
+                session_id=locked.id,
             )
         )
+        # Decrypted inside the transaction, returned only after it (and its audit event) committed.
         plaintext = await open_session(tx, self.kek, self.cache, locked)
         grant = Grant(
             lease_id=lease_id,
             session_id=locked.id,
             user_id=locked.user_id,
             fencing_token=fence,
-            expires_at=from_us(locked.now_us + ttl * 1_000_000),
+            expires_at=from_us(now + ttl * 1_000_000),
             session=plaintext,
         )
         return None, grant
-
-    async def renew(self, ctx: Context, lease_id: str, *, fencing_token: int) -> Renewal:
-        """Extend a lease by its TTL from now. NoLease (404), Forbidden (403), LeaseLost (409)."""
-        error: VaultError | None = None
-        renewal: Renewal | None = None
-        async with self.store.transaction() as tx:
-            state = await tx.lock_lease(lease_id)
-            error = self._holder_error(ctx, state, fencing_token)
-            if state is None or error is not None:
-                code = (error or NoLease()).code
-                await tx.insert_audit(
-                    audit_record(
-                        ctx,
-                        "lease.renew",
-                        "denied",
-                        detail=code,
-                        lease_id=lease_id,
-                        fencing_token=fencing_token,
-                    )
-                )
-            else:
-                lease = state.lease
-                expires_us = state.now_us + lease.ttl_seconds * 1_000_000
-                await tx.extend_lease(lease_id, expires_us=expires_us)
-                await tx.insert_audit(
-                    audit_record(
-                        ctx, "lease.renew", "ok", lease_id=lease_id, fencing_token=lease.fencing_token,
-                        user_id=lease.user_id, session_id=lease.session_id, purpose=lease.purpose,
-                    )
-                )  # fmt: skip
-                renewal = Renewal(lease_id=lease_id, expires_at=from_us(expires_us))
-        if error is not None:
-            raise error
-        assert renewal is not None
-        return renewal
 
     def _holder_error(self, ctx: Context, state: LockedLease | None, fencing_token: int) -> VaultError | None:
         if state is None:
@@ -246,6 +227,48 @@ class LeaseService:
             return LeaseLost()
         return None
 
+    async def _refuse(
+        self,
+        tx: Tx,
+        ctx: Context,
+        action: str,
+        error: VaultError,
+        state: LockedLease | None,
+        lease_id: str,
+        fence: int,
+    ) -> None:
+        lease = None if state is None else state.lease
+        await tx.insert_audit(
+            self.auditor.record(
+                ctx, action, "denied", at_us=None if state is None else state.now_us, detail=error.code,
+                lease_id=lease_id, fencing_token=fence, user_id=None if lease is None else lease.user_id,
+                session_id=None if lease is None else lease.session_id,
+            )
+        )  # fmt: skip
+
+    async def renew(self, ctx: Context, lease_id: str, *, fencing_token: int) -> Renewal:
+        """Extend a lease by its TTL from now. NoLease (404), Forbidden (403), LeaseLost (409)."""
+        async with self.store.transaction() as tx:
+            state = await tx.lock_lease(lease_id)
+            error = self._holder_error(ctx, state, fencing_token)
+            if error is not None or state is None:
+                error = error or NoLease()
+                await self._refuse(tx, ctx, "lease.renew", error, state, lease_id, fencing_token)
+            else:
+                lease = state.lease
+                expires_us = state.now_us + lease.ttl_seconds * 1_000_000
+                await tx.extend_lease(lease_id, expires_us=expires_us)
+                await tx.insert_audit(
+                    self.auditor.record(
+                        ctx, "lease.renew", "ok", at_us=state.now_us, lease_id=lease_id,
+                        fencing_token=lease.fencing_token, user_id=lease.user_id, session_id=lease.session_id,
+                        purpose=lease.purpose,
+                    )
+                )  # fmt: skip
+        if error is not None:
+            raise error
+        return Renewal(lease_id=lease_id, expires_at=from_us(expires_us))
+
     async def release(
         self, ctx: Context, lease_id: str, *, fencing_token: int, session: str | None = None
     ) -> None:
@@ -253,66 +276,64 @@ class LeaseService:
 
         The refreshed session must pass ingest validation and belong to the same user, else
         InvalidSession / SessionExpired (422) and the lease is kept. NoLease, Forbidden and LeaseLost as
-        for renew; on any refusal nothing changes.
+        for renew (checked first, so only the holder learns about its session); on any refusal nothing
+        changes.
         """
-        parsed = None
+        parsed, invalid = None, None
         if session is not None:
-            parsed = parse_session(session, now=datetime.now(UTC))
-        error: VaultError | None = None
+            try:
+                parsed = parse_session(session, now=datetime.now(UTC))
+            except InvalidSession as exc:
+                invalid = exc
         async with self.store.transaction() as tx:
             state = await tx.lock_lease(lease_id)
-            error = self._holder_error(ctx, state, fencing_token)
+            error = self._holder_error(ctx, state, fencing_token) or invalid
             if (
-                state is not None
-                and error is None
+                error is None
+                and state is not None
                 and parsed is not None
                 and parsed.user_id != state.lease.user_id
             ):
                 error = InvalidSession("the refreshed session belongs to a different user")
-            if state is None or error is not None:
-                code = (error or NoLease()).code
-                await tx.insert_audit(
-                    audit_record(
-                        ctx,
-                        "lease.release",
-                        "denied",
-                        detail=code,
-                        lease_id=lease_id,
-                        fencing_token=fencing_token,
-                    )
-                )
+            if error is not None or state is None:
+                error = error or NoLease()
+                await self._refuse(tx, ctx, "lease.release", error, state, lease_id, fencing_token)
             else:
-                lease = state.lease
-                ids: dict[str, str | int | None] = {
-                    "lease_id": lease_id, "fencing_token": lease.fencing_token, "user_id": lease.user_id,
-                    "session_id": lease.session_id, "purpose": lease.purpose,
-                }  # fmt: skip
-                if parsed is not None and session is not None:
-                    now = datetime.now(UTC)
-                    dek_version, dek = await active_dek(tx, self.kek, self.cache, lease.user_id, now=now)
-                    version = state.session_version + 1
-                    ciphertext = seal(
-                        session.encode(),
-                        key=dek.reveal(),
-                        key_version=dek_version,
-                        aad=session_aad(lease.user_id, lease.session_id, version),
-                    )
-                    stored = await tx.write_back_session(
-                        session_id=lease.session_id,
-                        expected_version=state.session_version,
-                        dek_version=dek_version,
-                        ciphertext=ciphertext,
-                        session_format=parsed.format.value,
-                        has_signers=parsed.has_signers,
-                        expires_at=parsed.expires_at,
-                        now=now,
-                    )
-                    if not stored:
-                        raise LeaseLost()
-                    await tx.insert_audit(
-                        audit_record(ctx, "lease.write_back", "ok", detail=f"version {version}", **ids)
-                    )
-                await tx.end_lease(lease_id, now_us=state.now_us, reason="released")
-                await tx.insert_audit(audit_record(ctx, "lease.release", "ok", **ids))
+                await self._finish(tx, ctx, state, session if parsed is not None else None, parsed)
         if error is not None:
             raise error
+
+    async def _finish(
+        self, tx: Tx, ctx: Context, state: LockedLease, session: str | None, parsed: ParsedSession | None
+    ) -> None:
+        """Write the refreshed session back (if any) as the next version, then end the lease."""
+        lease = state.lease
+
+        def event(action: str, detail: str | None = None) -> AuditRecord:
+            return self.auditor.record(
+                ctx, action, "ok", at_us=state.now_us, detail=detail, lease_id=lease.id,
+                fencing_token=lease.fencing_token, user_id=lease.user_id, session_id=lease.session_id,
+                purpose=lease.purpose,
+            )  # fmt: skip
+
+        if session is not None and parsed is not None:
+            now = datetime.now(UTC)
+            dek_version, dek = await active_dek(tx, self.kek, self.cache, lease.user_id, now=now)
+            version = state.session_version + 1
+            aad = session_aad(lease.user_id, lease.session_id, version)
+            ciphertext = seal(session.encode(), key=dek.reveal(), key_version=dek_version, aad=aad)
+            stored = await tx.write_back_session(
+                session_id=lease.session_id,
+                expected_version=state.session_version,
+                dek_version=dek_version,
+                ciphertext=ciphertext,
+                session_format=parsed.format.value,
+                has_signers=parsed.has_signers,
+                expires_at=parsed.expires_at,
+                now=now,
+            )
+            if not stored:  # cannot happen while we hold the lease and the row lock; refuse rather than guess
+                raise LeaseLost()
+            await tx.insert_audit(event("lease.write_back", f"version {version}"))
+        await tx.end_lease(lease.id, now_us=state.now_us, reason="released")
+        await tx.insert_audit(event("lease.release"))

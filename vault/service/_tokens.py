@@ -13,9 +13,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from vault.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from vault.service._audit import Auditor, Context
+from vault.service._principal import Principal, Role
 from vault.store import Store, TokenRow
 
 __all__ = ["Principal", "Role", "TokenInfo", "authenticate", "create_token", "list_tokens", "revoke_token"]
@@ -24,24 +25,6 @@ _TOKEN_RE = re.compile(r"svt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _DUMMY_HASH = hashlib.sha256(b"session-vault: no such token").digest()
 _NAME_RE = re.compile(r"[A-Za-z0-9 ._:@/-]{1,128}")
 _PURPOSE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-class Role(StrEnum):
-    INGEST = "ingest"
-    SIGNER = "signer"
-    AUDITOR = "auditor"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: a token's public attributes. Never holds the secret."""
-
-    token_id: str
-    name: str
-    role: Role
-    purposes: tuple[str, ...] | None
-    max_ttl_seconds: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +58,8 @@ def _info(row: TokenRow) -> TokenInfo:
 
 async def create_token(
     store: Store,
+    auditor: Auditor,
+    ctx: Context,
     *,
     role: Role,
     name: str,
@@ -109,6 +94,9 @@ async def create_token(
     )
     async with store.transaction() as tx:
         await tx.insert_token(row)
+        await tx.insert_audit(
+            auditor.record(ctx, "token.create", "ok", detail=f"{role.value} {token_id} {name}")
+        )
     return f"svt_{token_id}_{secret}", _info(row)
 
 
@@ -117,17 +105,18 @@ async def list_tokens(store: Store) -> list[TokenInfo]:
         return [_info(row) for row in await tx.tokens()]
 
 
-async def revoke_token(store: Store, token_id: str, *, now: datetime) -> None:
+async def revoke_token(store: Store, auditor: Auditor, ctx: Context, token_id: str, *, now: datetime) -> None:
     async with store.transaction() as tx:
         if not await tx.revoke_token(token_id, now):
             raise NotFound("no such active token")
+        await tx.insert_audit(auditor.record(ctx, "token.revoke", "ok", detail=token_id))
 
 
 async def authenticate(store: Store, token: str | None, *, role: Role, now: datetime) -> Principal:
     """Resolve a bearer token to a principal with ``role``.
 
     Raises :class:`Unauthorized` for a missing, malformed, unknown, revoked or expired token (without
-    saying which) and :class:`Forbidden` for a valid token of another role.
+    saying which) and :class:`Forbidden` for a valid token of another role. The caller audits failures.
     """
     match = _TOKEN_RE.fullmatch(token or "")
     if match is None:

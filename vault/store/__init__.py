@@ -1,5 +1,6 @@
 """Persistence: SQLAlchemy models, migrations runner and queries. The only package that speaks SQL."""
 
+from vault.store._audit import AuditFilter
 from vault.store._engine import make_engine
 from vault.store._migrate import alembic_config, migrations_dir, upgrade
 from vault.store._models import (
@@ -14,6 +15,7 @@ from vault.store._models import (
 )
 from vault.store._rows import (
     AuditRecord,
+    ChainState,
     LeaseRow,
     LockedLease,
     LockedSession,
@@ -28,8 +30,10 @@ metadata = Base.metadata
 
 __all__ = [
     "AuditEvent",
+    "AuditFilter",
     "AuditRecord",
     "Base",
+    "ChainState",
     "Lease",
     "LeaseRow",
     "LockedLease",

@@ -1,4 +1,4 @@
-"""Lease and audit queries (mixed into :class:`~vault.store.Tx`).
+"""Lease queries (mixed into :class:`~vault.store.Tx`).
 
 Exclusivity is the database's: the session row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL; the
 ``BEGIN IMMEDIATE`` write lock on SQLite) for every lease decision, a partial unique index allows one open
@@ -13,12 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, and_, func, insert, literal, literal_column, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vault.errors import AuditUnavailable
-from vault.store._models import AuditEvent, Lease, SessionRecord
-from vault.store._rows import AuditRecord, LeaseRow, LockedLease, LockedSession, SessionPeek
+from vault.store._models import Lease, SessionRecord
+from vault.store._rows import LeaseRow, LockedLease, LockedSession, SessionPeek
 
 __all__ = ["LeaseQueries"]
 
@@ -150,28 +148,3 @@ class LeaseQueries:
 
     async def extend_lease(self, lease_id: str, *, expires_us: int) -> None:
         await self.conn.execute(update(Lease).where(Lease.id == lease_id).values(expires_us=expires_us))
-
-    async def insert_audit(self, record: AuditRecord, *, at_us: int | None = None) -> None:
-        """Append an audit event; ``at_us`` defaults to the database's clock."""
-        at: Any = self._now() if at_us is None else at_us
-        try:
-            await self.conn.execute(
-                insert(AuditEvent).values(
-                    at_us=at,
-                    action=record.action,
-                    outcome=record.outcome,
-                    actor_token_id=record.actor_token_id,
-                    actor_name=record.actor_name,
-                    user_id=record.user_id,
-                    session_id=record.session_id,
-                    lease_id=record.lease_id,
-                    fencing_token=record.fencing_token,
-                    purpose=record.purpose,
-                    detail=record.detail,
-                    request_id=record.request_id,
-                    source=record.source,
-                )
-            )
-        except DBAPIError as exc:
-            # Fail closed: the caller's transaction is lost with this error, and so is whatever it did.
-            raise AuditUnavailable() from exc

@@ -25,7 +25,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AuditEvent", "Base", "Lease", "ServiceToken", "SessionRecord", "User", "UserKey", "UtcDateTime"]
+__all__ = [
+    "AuditChain",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "Base",
+    "Lease",
+    "ServiceToken",
+    "SessionRecord",
+    "User",
+    "UserKey",
+    "UtcDateTime",
+]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -166,7 +177,17 @@ class AuditEvent(Base):
     """One security-relevant event. Never holds session content, keys or tokens (token ids only)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index(None, "user_id", "id"), Index(None, "action", "id"))
+    __table_args__ = (
+        Index(None, "user_id", "id"),
+        Index(None, "action", "id"),
+        Index("ux_audit_events_seq", "seq", unique=True),
+        Index(
+            "ix_audit_events_unsealed",
+            "id",
+            postgresql_where=text("seq IS NULL"),
+            sqlite_where=text("seq IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     at_us: Mapped[int] = mapped_column(BigInteger)
@@ -182,3 +203,32 @@ class AuditEvent(Base):
     detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    subjects: Mapped[str | None] = mapped_column(Text, nullable=True)  # keyed hashes, space-separated
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # written with the event
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # set once, by the sealer
+    hash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # set once, by the sealer
+
+
+class AuditChain(Base):
+    """The single row holding the chain's head and the newest checkpoint; its lock serialises sealers."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[bytes] = mapped_column(LargeBinary)
+    checkpoint_id: Mapped[int] = mapped_column(Integer)
+    checkpoint_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    checkpoint_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditCheckpoint(Base):
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at_us: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[bytes] = mapped_column(LargeBinary)
+    prev: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 __all__ = [
     "AuditRecord",
+    "ChainState",
     "LeaseRow",
     "LockedLease",
     "LockedSession",
@@ -111,8 +112,10 @@ class LockedLease:
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """The fields of one audit event. Identifiers only: never session content, keys or token secrets."""
+    """The fields of one audit event to append. Identifiers only: never session content, keys or token
+    secrets. ``mac`` is the vault's MAC over the content (see :mod:`vault.audit`)."""
 
+    at_us: int
     action: str
     outcome: str
     actor_token_id: str | None = None
@@ -125,3 +128,14 @@ class AuditRecord:
     detail: str | None = None
     request_id: str | None = None
     source: str | None = None
+    subjects: str | None = None
+    mac: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    seq: int
+    head: bytes
+    checkpoint_id: int
+    checkpoint_hash: bytes
+    checkpoint_at_us: int

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from vault.errors import StoreUnavailable, VaultError
+from vault.store._audit import AuditQueries
 from vault.store._engine import make_engine
 from vault.store._leases import LeaseQueries
 from vault.store._models import ServiceToken, SessionRecord, User, UserKey
@@ -72,7 +73,7 @@ class Store:
             await tx.conn.execute(text("SELECT 1"))
 
 
-class Tx(LeaseQueries):
+class Tx(LeaseQueries, AuditQueries):
     """The queries available inside one transaction."""
 
     def __init__(

@@ -1,0 +1,158 @@
+"""Audit events, their hash chain and signed checkpoints: pure functions over values.
+
+An event's *content* is every field but its id, sequence number and hashes, as canonical JSON. The
+vault MACs the content when it writes the event (so a row inserted behind its back is never sealed),
+and a sealing step later gives each event the next sequence number and the chain hash
+
+    hash(seq) = SHA-256("sv-audit-chain-1" || hash(seq - 1) || seq || id || SHA-256(content))
+
+with 32 zero bytes before the first. Checkpoints sign (with Ed25519) the chain head at a moment and the
+previous checkpoint's hash, so a cut tail or a rewritten chain is visible to anyone with the public key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "CONTENT_FIELDS",
+    "GENESIS",
+    "Checkpoint",
+    "Event",
+    "checkpoint_hash",
+    "checkpoint_payload",
+    "content_bytes",
+    "content_hash",
+    "link",
+]
+
+GENESIS = bytes(32)
+CONTENT_FIELDS = (
+    "at_us", "action", "outcome", "actor_token_id", "actor_name", "user_id", "session_id", "lease_id",
+    "fencing_token", "purpose", "detail", "request_id", "source", "subjects",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audit event as stored. ``seq`` and ``hash`` are None until the event is sealed."""
+
+    id: int
+    at_us: int
+    action: str
+    outcome: str
+    actor_token_id: str | None = None
+    actor_name: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    lease_id: str | None = None
+    fencing_token: int | None = None
+    purpose: str | None = None
+    detail: str | None = None
+    request_id: str | None = None
+    source: str | None = None
+    subjects: str | None = None
+    seq: int | None = None
+    hash: bytes | None = field(default=None, repr=False)
+    mac: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hash"] = None if self.hash is None else self.hash.hex()
+        out["mac"] = None if self.mac is None else self.mac.hex()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Event:
+        values = dict(data)
+        for name in ("hash", "mac"):
+            values[name] = None if values.get(name) is None else bytes.fromhex(values[name])
+        return cls(**values)
+
+
+def content_bytes(fields: Any) -> bytes:
+    """Canonical JSON of an event's content; ``fields`` is an Event or a mapping with CONTENT_FIELDS."""
+    get = fields.get if isinstance(fields, dict) else lambda name: getattr(fields, name)
+    body = {name: get(name) for name in CONTENT_FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def content_hash(fields: Any) -> bytes:
+    return hashlib.sha256(b"sv-audit-event-1\x00" + content_bytes(fields)).digest()
+
+
+def link(prev: bytes, seq: int, event_id: int, digest: bytes) -> bytes:
+    """The chain hash of the event at ``seq``, given the previous hash and the event's content hash."""
+    return hashlib.sha256(
+        b"sv-audit-chain-1\x00" + prev + seq.to_bytes(8, "big") + event_id.to_bytes(8, "big") + digest
+    ).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement: at ``at_us`` the chain's head was ``head`` at ``seq``; before me came ``prev``."""
+
+    id: int
+    at_us: int
+    seq: int
+    head: bytes
+    prev: bytes
+    key_id: str
+    signature: bytes = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at_us": self.at_us,
+            "seq": self.seq,
+            "head": self.head.hex(),
+            "prev": self.prev.hex(),
+            "key_id": self.key_id,
+            "signature": self.signature.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(
+            id=int(data["id"]),
+            at_us=int(data["at_us"]),
+            seq=int(data["seq"]),
+            head=bytes.fromhex(data["head"]),
+            prev=bytes.fromhex(data["prev"]),
+            key_id=str(data["key_id"]),
+            signature=bytes.fromhex(data["signature"]),
+        )
+
+
+def checkpoint_payload(
+    *,
+    id: int,  # noqa: A002 - the checkpoint's id
+    at_us: int,
+    seq: int,
+    head: bytes,
+    prev: bytes,
+    key_id: str,
+) -> bytes:
+    """The bytes a checkpoint's signature covers."""
+    body = {
+        "v": "sv-audit-checkpoint-1",
+        "id": id,
+        "at_us": at_us,
+        "seq": seq,
+        "head": head.hex(),
+        "prev": prev.hex(),
+        "key_id": key_id,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def checkpoint_hash(checkpoint: Checkpoint) -> bytes:
+    """What the next checkpoint's ``prev`` must be."""
+    payload = checkpoint_payload(
+        id=checkpoint.id, at_us=checkpoint.at_us, seq=checkpoint.seq, head=checkpoint.head,
+        prev=checkpoint.prev, key_id=checkpoint.key_id,
+    )  # fmt: skip
+    return hashlib.sha256(payload + checkpoint.signature).digest()
