@@ -114,3 +114,22 @@ class RawDb:
                 if path.exists():
                     chunks.append(path.read_bytes())
         return b"\n".join(chunks)
+
+
+def tamper(db: RawDb, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Run statements as an attacker with full database access: the append-only triggers are bypassed
+    (PostgreSQL: replica mode for this session; SQLite: the triggers are dropped and re-created)."""
+    if db.is_sqlite:
+        with sqlite3.connect(db.sqlite_path) as conn:
+            triggers = list(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+            for name, _ in triggers:
+                conn.execute(f'DROP TRIGGER "{name}"')
+            for sql, params in statements:
+                conn.execute(sql.replace("%s", "?"), tuple(params))
+            for _, sql in triggers:
+                conn.execute(sql)
+        return
+    with psycopg.connect(db.url.replace("postgresql+asyncpg://", "postgresql://")) as conn:
+        conn.execute("SET session_replication_role = replica")
+        for sql, params in statements:
+            conn.execute(sql, tuple(params))

@@ -1,0 +1,138 @@
+"""Auditor routes (role ``auditor``): events, checkpoints, the checkpoint public key, and keyed hashes.
+
+Every read is itself an audit event, written in the same transaction as the read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from vault import errors as e
+from vault.api._deps import AuditorCtx, VaultDep, json_body_schema, read_json
+from vault.api._errors import responses_for
+from vault.audit import Checkpoint, Event
+from vault.errors import InvalidRequest
+from vault.service import events_page
+from vault.sessions import normalize_subject
+from vault.store import AuditFilter
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["audit"])
+_ERRORS = responses_for(e.Unauthorized, e.Forbidden, e.InvalidRequest, e.AuditUnavailable, e.StoreUnavailable)
+
+
+class EventPage(BaseModel):
+    events: list[dict[str, Any]]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class CheckpointPage(BaseModel):
+    checkpoints: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class PublicKeyView(BaseModel):
+    algorithm: str = "Ed25519"
+    key_id: str
+    pem: str
+
+
+class HashRequest(BaseModel):
+    value: str = Field(description="An email, phone number or wallet address you already know.")
+
+
+class HashView(BaseModel):
+    hmac: str = Field(description="Search `GET /v1/audit/events?subject=` with this value.")
+
+
+def _us(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise InvalidRequest("since and until need a time zone (e.g. 2026-11-29T12:00:00Z)")
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise InvalidRequest("cursor is not one this API returned")
+    return int(cursor)
+
+
+def _event_view(event: Event) -> dict[str, Any]:
+    view = event.to_json()
+    del view["mac"]
+    view["subjects"] = [] if event.subjects is None else event.subjects.split()
+    view["at"] = datetime.fromtimestamp(event.at_us / 1_000_000, UTC).isoformat()
+    return view
+
+
+@router.get("/v1/audit/events", response_model=EventPage, responses=_ERRORS)
+async def audit_events(
+    vault: VaultDep,
+    ctx: AuditorCtx,
+    user_id: str | None = None,
+    actor: Annotated[str | None, Query(description="A token id.")] = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    subject: Annotated[
+        str | None, Query(pattern="^[0-9a-f]{32}$", description="From POST /v1/audit/hash.")
+    ] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    """Events oldest first, filtered; cursor pagination. Sealed events carry `seq` and `hash`."""
+    where = AuditFilter(
+        user_id=user_id, actor_token_id=actor, action=action, outcome=outcome, since_us=_us(since),
+        until_us=_us(until), subject=subject,
+    )  # fmt: skip
+    events = await events_page(vault.store, vault.auditor, ctx, where, after_id=_cursor(cursor), limit=limit)
+    next_cursor = str(events[-1].id) if len(events) == limit else None
+    return EventPage(events=[_event_view(ev) for ev in events], next_cursor=next_cursor)
+
+
+@router.get("/v1/audit/checkpoints", response_model=CheckpointPage, responses=_ERRORS)
+async def audit_checkpoints(
+    vault: VaultDep,
+    ctx: AuditorCtx,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> CheckpointPage:
+    """Signed checkpoints, oldest first."""
+    async with vault.store.transaction() as tx:
+        checkpoints: list[Checkpoint] = await tx.audit_checkpoints(after_id=_cursor(cursor), limit=limit)
+        await tx.insert_audit(vault.auditor.record(ctx, "audit.read", "ok", detail="checkpoints"))
+    next_cursor = str(checkpoints[-1].id) if len(checkpoints) == limit else None
+    return CheckpointPage(checkpoints=[cp.to_json() for cp in checkpoints], next_cursor=next_cursor)
+
+
+@router.get("/v1/audit/public-key", response_model=PublicKeyView, responses=_ERRORS)
+async def audit_public_key(vault: VaultDep, _ctx: AuditorCtx) -> PublicKeyView:
+    """The Ed25519 key that signs checkpoints (PEM), for `session-vault audit verify --public-key`."""
+    key = vault.audit_keys.public_key
+    return PublicKeyView(key_id=key.key_id, pem=key.pem())
+
+
+@router.post(
+    "/v1/audit/hash",
+    response_model=HashView,
+    openapi_extra=json_body_schema(HashRequest),
+    responses={**_ERRORS, **responses_for(e.UnsupportedMediaType)},
+)
+async def audit_hash(request: Request, vault: VaultDep, ctx: AuditorCtx) -> HashView:
+    """The keyed hash under which the log stores a value (like OpenBao's audit-hash). Not logged."""
+    body = await read_json(request, HashRequest)
+    if not body.value.strip() or len(body.value) > 512:
+        raise InvalidRequest("value must be 1-512 characters")
+    async with vault.store.transaction() as tx:
+        await tx.insert_audit(vault.auditor.record(ctx, "audit.hash", "ok"))
+    return HashView(hmac=vault.audit_keys.subject(normalize_subject(body.value)))
