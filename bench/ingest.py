@@ -19,8 +19,8 @@ aborts. Each cell is the median of ``--reps`` runs; vault and baseline runs alte
 session: non-idle CPU of the whole machine (``/proc/stat``), of the vault process, of this process.
 
 It creates and finally drops a scratch database ``sv_bench_<pid>`` on the server of ``--database-url``
-and writes a throwaway keyring into a temp directory. Run from the repository root (~2.5 minutes on
-2 cores with the defaults)::
+and writes a throwaway keyring (and audit keys) into a temp directory. Run from the repository root
+(~2.5 minutes on 2 cores with the defaults)::
 
     .venv/bin/python -m bench.ingest --n 2000 --concurrency 1,16,64 \\
         --database-url postgresql://postgres@127.0.0.1:5432/postgres --out bench/results/ingest.md
@@ -56,6 +56,7 @@ import psycopg
 
 from tests.sessiongen import make_session
 from vault.keys import create_keyring_file
+from vault.settings import Settings
 from vault.store import Store, upgrade
 
 T = TypeVar("T")
@@ -112,14 +113,40 @@ def free_port() -> int:
         return port
 
 
-def vault_env(vault_url: str, keyring: Path, public_port: int, internal_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-    env.update(
-        VAULT_DATABASE_URL=vault_url,
-        VAULT_KEYRING_FILE=str(keyring),
-        VAULT_PUBLIC_PORT=str(public_port),
-        VAULT_INTERNAL_PORT=str(internal_port),
+def vault_cli(args: Sequence[str], env: dict[str, str]) -> str:
+    """Run ``session-vault ARGS`` with ``env``; its stdout. Raises with its stderr if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vault.cli", *args], env=env, capture_output=True, text=True, check=False
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"session-vault {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def secret_files(workdir: Path) -> dict[str, str]:
+    """A throwaway keyring, and audit keys once the vault has them, in ``workdir``: their variables."""
+    keyring = workdir / "keyring.json"
+    create_keyring_file(keyring)
+    env = {"VAULT_KEYRING_FILE": str(keyring)}
+    if "audit_keys_file" in Settings.model_fields:
+        audit_keys = workdir / "audit-keys.json"
+        vault_cli(["audit", "keys", "init", "--file", str(audit_keys)], vault_env("", {}))
+        env["VAULT_AUDIT_KEYS_FILE"] = str(audit_keys)
+    return env
+
+
+def vault_env(
+    vault_url: str, secrets: dict[str, str], public_port: int = 0, internal_port: int = 0
+) -> dict[str, str]:
+    """This process's environment without its VAULT_* variables, plus the vault's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env.update(secrets)
+    if vault_url:
+        env["VAULT_DATABASE_URL"] = vault_url
+    if public_port:
+        env["VAULT_PUBLIC_PORT"] = str(public_port)
+    if internal_port:
+        env["VAULT_INTERNAL_PORT"] = str(internal_port)
     return env
 
 
@@ -152,14 +179,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def running_vault(vault_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
     """Start ``session-vault serve`` on free ports; yield its public base URL and pid; stop it at the end."""
-    keyring = workdir / "keyring.json"
-    create_keyring_file(keyring)
+    secrets = secret_files(workdir)
     public_port, internal_port = free_port(), free_port()
     log = workdir / "vault.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vault.cli", "serve"],
-            env=vault_env(vault_url, keyring, public_port, internal_port),
+            env=vault_env(vault_url, secrets, public_port, internal_port),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

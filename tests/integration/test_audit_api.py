@@ -45,7 +45,7 @@ def _lease_cycle(vault: LiveVault, signer: str, user_id: str) -> httpx.Response:
 
 
 def test_auditors_read_filter_and_page_and_their_reads_are_audited(vault: LiveVault) -> None:
-    session, body = _ingest(vault, 301)
+    _, body = _ingest(vault, 301)
     _ingest(vault, 302)
     signer, auditor = vault.token("signer"), vault.token("auditor")
     for _ in range(3):
