@@ -222,6 +222,18 @@ def test_internal_app_publishes_schema_with_errors_documented(vault: LiveVault) 
     ingest = schema["paths"]["/v1/sessions"]["post"]
     assert {"201", "401", "403", "413", "415", "422", "503"} <= set(ingest["responses"])
     assert "session" in json.dumps(ingest["requestBody"])
+    # Every operation documents its errors; every body-taking one the body limit and media type too.
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            codes = set(operation["responses"])
+            assert "500" in codes, (path, method)
+            if "requestBody" in operation:
+                assert {"413", "415", "422"} <= codes, (path, method)
+            if path.startswith("/v1/"):
+                assert {"401", "403"} <= codes, (path, method)
+    assert "HTTPValidationError" not in json.dumps(schema["paths"])  # every 422 is our ErrorBody
+    lease = schema["paths"]["/v1/users/{user_id}/lease"]["post"]["responses"]
+    assert {"201", "403", "404", "409", "410", "503"} <= set(lease)
     assert httpx.get(f"{vault.internal}/docs").status_code == 200
     assert httpx.get(f"{vault.internal}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{vault.internal}/readyz").json() == {"status": "ready"}

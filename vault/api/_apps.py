@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, Response
 from vault import errors as e
 from vault.api._audit import router as audit_router
 from vault.api._deps import AdminCtx, IngestCtx, PublicCtx, VaultDep, json_body_schema, read_json
-from vault.api._errors import install_error_handlers, responses_for
+from vault.api._errors import document_common_errors, install_error_handlers, responses_for
 from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
 from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
@@ -90,6 +90,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
 
     app.include_router(leases_router)
     app.include_router(audit_router)
+    document_common_errors(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

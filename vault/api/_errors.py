@@ -18,7 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vault import errors as e
 
-__all__ = ["ErrorBody", "error_response", "install_error_handlers", "responses_for", "status_of"]
+__all__ = [
+    "ErrorBody",
+    "document_common_errors",
+    "error_response",
+    "install_error_handlers",
+    "responses_for",
+    "status_of",
+]
 
 log = logging.getLogger("vault.api")
 
@@ -101,6 +108,37 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     codes = {404: ("not_found", "no such route"), 405: ("method_not_allowed", "method not allowed")}
     code, detail = codes.get(exc.status_code, ("http_error", "the request was refused"))
     return error_response(code, detail, exc.status_code, headers=exc.headers)
+
+
+def document_common_errors(app: FastAPI) -> None:
+    """Add to every operation of ``app``'s schema the errors any route can answer with: 413 and 415 where
+    there is a body, 500 everywhere (the body limit and the last-resort guard sit outside the routes)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "ErrorBody", ErrorBody.model_json_schema()
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                common = {"500": "`internal`, `decryption_failed`"}
+                if "requestBody" in operation:
+                    common |= {"413": "`too_large`", "415": "`unsupported_media_type`"}
+                for status, description in common.items():
+                    responses.setdefault(status, {"description": description, **error_ref})
+                if "HTTPValidationError" in str(
+                    responses.get("422", "")
+                ):  # FastAPI's default: not what we send
+                    responses["422"] = {"description": "`invalid_request`", **error_ref}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:
