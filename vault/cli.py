@@ -51,6 +51,7 @@ _DEV_WARNING = """\
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
+        os.umask(0o077)  # whatever this creates in a data directory is for this user only
         settings = Settings.for_data_dir(Path(data_dir), **overrides)
         _ensure_dev_keys(settings)
         return settings
@@ -236,10 +237,14 @@ def _cmd_audit_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> None:
-    pinned = None if args.public_key is None else PublicKey.from_pem(Path(args.public_key).read_bytes())
+    try:
+        pinned = None if args.public_key is None else PublicKey.from_pem(Path(args.public_key).read_bytes())
+        if args.file is not None:
+            with open(args.file) as fh:
+                events, checkpoints, embedded = parse_export(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
     if args.file is not None:
-        with open(args.file) as fh:
-            events, checkpoints, embedded = parse_export(fh)
         key = pinned or embedded
         if key is None:
             raise ConfigError("the export has no public key; pass --public-key")

@@ -24,11 +24,11 @@ from vault.settings import Settings
 
 __all__ = ["create_internal_app", "create_public_app"]
 
-_INGEST_ERRORS = responses_for(
+_INGEST = (
     e.InvalidRequest, e.InvalidSession, e.SessionExpired, e.TooLarge, e.UnsupportedMediaType,
-    e.StoreUnavailable, e.KeyUnavailable,
+    e.StoreUnavailable, e.KeyUnavailable, e.AuditUnavailable,
 )  # fmt: skip
-_AUTH_ERRORS = responses_for(e.Unauthorized, e.Forbidden)
+_AUTH = (e.Unauthorized, e.Forbidden, e.AuditUnavailable, e.StoreUnavailable)
 
 
 def _lifespan(settings: Settings, vault: Vault | None) -> Callable[[FastAPI], Any]:
@@ -71,7 +71,7 @@ def create_public_app(settings: Settings, *, vault: Vault | None = None) -> Fast
         status_code=201,
         response_model=ImportedSession,
         openapi_extra=json_body_schema(ImportSession),
-        responses=_INGEST_ERRORS,
+        responses=responses_for(*_INGEST),
     )
     async def import_session(request: Request, vault: VaultDep, ctx: PublicCtx) -> ImportedSession:
         body = await read_json(request, ImportSession)
@@ -109,7 +109,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         response_model=ImportedSession,
         tags=["sessions"],
         openapi_extra=json_body_schema(ImportSession),
-        responses={**_INGEST_ERRORS, **_AUTH_ERRORS},
+        responses=responses_for(*_INGEST, *_AUTH),
     )
     async def ingest_session(request: Request, vault: VaultDep, ctx: IngestCtx) -> ImportedSession:
         """Ingest a session from an app backend (role ``ingest``). Same rules as the public endpoint."""
@@ -122,7 +122,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         response_model=TokenCreated,
         tags=["admin"],
         openapi_extra=json_body_schema(NewToken),
-        responses={**responses_for(e.InvalidRequest, e.UnsupportedMediaType), **_AUTH_ERRORS},
+        responses=responses_for(e.InvalidRequest, e.UnsupportedMediaType, *_AUTH),
     )
     async def new_token(request: Request, vault: VaultDep, ctx: AdminCtx) -> TokenCreated:
         """Create a service credential (role ``admin``). The token is in this response only."""
@@ -140,7 +140,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         )
         return TokenCreated.model_validate({**TokenView.of(info).model_dump(), "token": token})
 
-    @app.get("/v1/tokens", response_model=list[TokenView], tags=["admin"], responses=_AUTH_ERRORS)
+    @app.get("/v1/tokens", response_model=list[TokenView], tags=["admin"], responses=responses_for(*_AUTH))
     async def tokens(vault: VaultDep, _ctx: AdminCtx) -> list[TokenView]:
         """List service credentials (role ``admin``). Secrets are never shown: only ids and attributes."""
         return [TokenView.of(info) for info in await list_tokens(vault.store)]
@@ -149,7 +149,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         "/v1/tokens/{token_id}",
         status_code=204,
         tags=["admin"],
-        responses={**responses_for(e.NotFound), **_AUTH_ERRORS},
+        responses=responses_for(e.NotFound, *_AUTH),
     )
     async def delete_token(token_id: str, vault: VaultDep, ctx: AdminCtx) -> Response:
         """Revoke a service credential (role ``admin``); it stops working at once."""

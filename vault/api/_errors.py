@@ -77,7 +77,8 @@ def responses_for(*exc_types: type[e.VaultError]) -> dict[int | str, dict[str, A
         status = status_of(exc_type)
         entry = out.setdefault(status, {"model": ErrorBody, "description": ""})
         codes = [c for c in entry["description"].split(", ") if c]
-        codes.append(f"`{exc_type.code}`")
+        if f"`{exc_type.code}`" not in codes:
+            codes.append(f"`{exc_type.code}`")
         entry["description"] = ", ".join(codes)
     return out
 

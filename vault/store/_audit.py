@@ -81,8 +81,13 @@ class AuditQueries:
         del values["id"]
         return ChainState(**values)
 
-    async def unsealed_events(self, limit: int) -> list[Event]:
-        query = select(*_EVENT_COLUMNS).where(_E.c.seq.is_(None)).order_by(_E.c.id).limit(limit)
+    async def unsealed_events(self, limit: int, *, after_id: int = 0) -> list[Event]:
+        query = (
+            select(*_EVENT_COLUMNS)
+            .where(_E.c.seq.is_(None), _E.c.id > after_id)
+            .order_by(_E.c.id)
+            .limit(limit)
+        )
         return [_event(row) for row in (await self.conn.execute(query)).mappings()]
 
     async def seal_events(self, sealed: Sequence[tuple[int, int, bytes]]) -> None:
