@@ -16,14 +16,18 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     ``hide_parameters`` keeps bound values (ciphertext, token hashes) out of every SQLAlchemy exception
     message. On SQLite every transaction starts with ``BEGIN IMMEDIATE``: SQLite then serialises writers
     up front instead of failing a read-then-write transaction with ``database is locked`` later, which is
-    what makes "lock the user, then write" correct there.
+    what makes "lock the user, then write" correct there. Since SQLite runs one writer at a time anyway,
+    a process uses one connection: transactions queue fairly in the pool instead of spinning in SQLite's
+    busy handler (which starves some of them under load); other processes still wait on the file lock.
     """
     if url.startswith("sqlite"):
+        del pool_size
         engine = create_async_engine(
             url,
             hide_parameters=True,
-            pool_size=pool_size,
+            pool_size=1,
             max_overflow=0,
+            pool_timeout=120,
             connect_args={"timeout": 30, "check_same_thread": False},
         )
         _configure_sqlite(engine)
