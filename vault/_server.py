@@ -14,7 +14,7 @@ from vault.api import create_internal_app, create_public_app
 from vault.service import Vault
 from vault.settings import Settings
 
-__all__ = ["serve_both"]
+__all__ = ["run", "serve_both"]
 
 
 class _Server(uvicorn.Server):
@@ -25,10 +25,20 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+def _config(app: FastAPI, host: str, port: int, access_log: bool) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, lifespan="on", server_header=False, log_level="info", access_log=True
+        app, host=host, port=port, lifespan="on", server_header=False, log_level="info", access_log=access_log
     )
+
+
+def run(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, on uvloop where it is installed (it is, with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(serve_both(settings, on_started=on_started))
+        return
+    uvloop.run(serve_both(settings, on_started=on_started))
 
 
 async def serve_both(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
@@ -36,15 +46,11 @@ async def serve_both(settings: Settings, *, on_started: Callable[[], None] | Non
     vault = Vault.from_settings(settings)
     vault.start()
     try:
+        public = create_public_app(settings, vault=vault)
+        internal = create_internal_app(settings, vault=vault)
         servers = [
-            _Server(
-                _config(create_public_app(settings, vault=vault), settings.public_host, settings.public_port)
-            ),
-            _Server(
-                _config(
-                    create_internal_app(settings, vault=vault), settings.internal_host, settings.internal_port
-                )
-            ),
+            _Server(_config(public, settings.public_host, settings.public_port, settings.access_log)),
+            _Server(_config(internal, settings.internal_host, settings.internal_port, settings.access_log)),
         ]
 
         def stop() -> None:

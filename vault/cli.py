@@ -120,7 +120,7 @@ async def _ensure_admin_token(settings: Settings, path: Path) -> bool:
 
 
 def _cmd_dev(args: argparse.Namespace) -> None:
-    from vault._server import serve_both
+    from vault._server import run
 
     os.umask(0o077)  # the database, keyring and token files are for this user only
     data_dir = Path(args.data_dir).resolve()
@@ -140,15 +140,15 @@ def _cmd_dev(args: argparse.Namespace) -> None:
         f"internal API:   http://{args.host}:{args.internal_port}/docs",
         file=sys.stderr,
     )
-    asyncio.run(serve_both(settings, on_started=lambda: print("vault ready", file=sys.stderr, flush=True)))
+    run(settings, on_started=lambda: print("vault ready", file=sys.stderr, flush=True))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from vault._server import serve_both
+    from vault._server import run
 
     settings = _settings(args)
     settings.check_production()
-    asyncio.run(serve_both(settings))
+    run(settings)
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> None:

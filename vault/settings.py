@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     audit_seal_interval_seconds: float = 1.0
     audit_checkpoint_interval_seconds: float = 60.0
     dev_mode: bool = False
+    access_log: bool = False  # security events are in the audit log; this is uvicorn's per-request line
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, **overrides: object) -> Settings:
