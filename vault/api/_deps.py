@@ -31,7 +31,7 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 
-def get_vault(request: Request) -> Vault:
+async def get_vault(request: Request) -> Vault:
     vault: Vault = request.app.state.vault
     return vault
 
@@ -39,7 +39,7 @@ def get_vault(request: Request) -> Vault:
 VaultDep = Annotated[Vault, Depends(get_vault)]
 
 
-def request_context(request: Request) -> Context:
+async def request_context(request: Request) -> Context:
     """The audit context of a request before authentication: request id (``X-Request-Id`` if sane, else
     a new one) and source address."""
     given = request.headers.get("x-request-id", "")
@@ -54,7 +54,7 @@ def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Context]]:
     async def dependency(request: Request, vault: VaultDep) -> Context:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        ctx = request_context(request)
+        ctx = await request_context(request)
         bearer = token.strip() if scheme.lower() == "bearer" else None
         principal = await vault.authenticate(bearer, role, ctx)
         return dataclasses.replace(ctx, principal=principal)

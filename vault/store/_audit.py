@@ -8,23 +8,27 @@ their sequence numbers and hashes in the order it finds them committed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
 
 from vault.audit import Checkpoint, Event
 from vault.errors import AuditUnavailable
+from vault.store._exec import PG_ERRORS, Executor
 from vault.store._models import AuditChain, AuditCheckpoint, AuditEvent
 from vault.store._rows import AuditRecord, ChainState
 
 __all__ = ["AuditFilter", "AuditQueries"]
 
-_E = AuditEvent.__table__
-_C = AuditCheckpoint.__table__
+_E: Table = cast(Table, AuditEvent.__table__)
+_C: Table = cast(Table, AuditCheckpoint.__table__)
+_CHAIN: Table = cast(Table, AuditChain.__table__)
 _EVENT_COLUMNS = [c for c in _E.c]
+_RECORD_FIELDS = [f for f in AuditRecord.__dataclass_fields__]
+_CHAIN_FIELDS = ["seq", "head", "checkpoint_id", "checkpoint_hash", "checkpoint_at_us"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,97 +42,78 @@ class AuditFilter:
     subject: str | None = None
 
 
-def _event(row: Any) -> Event:
-    return Event(**row)
+def _insert_event(_now: ColumnElement[Any]) -> Executable:
+    # inline(): no RETURNING of the new id, which nobody reads
+    return (
+        insert(_E).values({name: bindparam(name, type_=_E.c[name].type) for name in _RECORD_FIELDS}).inline()
+    )
 
 
-class AuditQueries:
-    conn: AsyncConnection
-    _dialect: str
+def _lock_chain(_now: ColumnElement[Any]) -> Executable:
+    return select(*(_CHAIN.c[n] for n in _CHAIN_FIELDS)).where(_CHAIN.c.id == 1).with_for_update()
 
+
+def _unsealed(_now: ColumnElement[Any]) -> Executable:
+    return (
+        select(*_EVENT_COLUMNS)
+        .where(_E.c.seq.is_(None), _E.c.id > bindparam("after_id"))
+        .order_by(_E.c.id)
+        .limit(bindparam("limit"))
+    )
+
+
+def _seal_one(_now: ColumnElement[Any]) -> Executable:
+    return (
+        update(_E)
+        .where(_E.c.id == bindparam("event_id"), _E.c.seq.is_(None))
+        .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+    )
+
+
+def _save_chain(_now: ColumnElement[Any]) -> Executable:
+    return update(_CHAIN).where(_CHAIN.c.id == 1).values({n: bindparam(n) for n in _CHAIN_FIELDS})
+
+
+def _insert_checkpoint(_now: ColumnElement[Any]) -> Executable:
+    names = ["id", "at_us", "seq", "head", "prev", "key_id", "signature"]
+    return insert(_C).values({n: bindparam(n, type_=_C.c[n].type) for n in names})
+
+
+def _checkpoints(_now: ColumnElement[Any]) -> Executable:
+    return select(_C).where(_C.c.id > bindparam("after_id")).order_by(_C.c.id).limit(bindparam("limit"))
+
+
+class AuditQueries(Executor):
     async def insert_audit(self, record: AuditRecord) -> None:
         """Append an event in the caller's transaction. If it cannot be written the whole transaction
         fails with :class:`AuditUnavailable`: whatever the event records does not happen (fail-closed)."""
         try:
-            await self.conn.execute(
-                insert(AuditEvent).values(
-                    at_us=record.at_us,
-                    action=record.action,
-                    outcome=record.outcome,
-                    actor_token_id=record.actor_token_id,
-                    actor_name=record.actor_name,
-                    user_id=record.user_id,
-                    session_id=record.session_id,
-                    lease_id=record.lease_id,
-                    fencing_token=record.fencing_token,
-                    purpose=record.purpose,
-                    detail=record.detail,
-                    request_id=record.request_id,
-                    source=record.source,
-                    subjects=record.subjects,
-                    mac=record.mac,
-                )
-            )
-        except DBAPIError as exc:
+            await self.fetch(_insert_event, asdict(record))
+        except (DBAPIError, *PG_ERRORS) as exc:
             raise AuditUnavailable() from exc
 
     async def lock_chain(self) -> ChainState:
-        query = select(AuditChain.__table__).where(AuditChain.id == 1)
-        if self._dialect == "postgresql":
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).mappings().one()
-        values = dict(row)
-        del values["id"]
-        return ChainState(**values)
+        row = await self.fetch_one(_lock_chain)
+        assert row is not None, "the audit_chain row is missing (migrations not applied?)"
+        return ChainState(**row)
 
     async def unsealed_events(self, limit: int, *, after_id: int = 0) -> list[Event]:
-        query = (
-            select(*_EVENT_COLUMNS)
-            .where(_E.c.seq.is_(None), _E.c.id > after_id)
-            .order_by(_E.c.id)
-            .limit(limit)
-        )
-        return [_event(row) for row in (await self.conn.execute(query)).mappings()]
+        return [Event(**row) for row in await self.fetch(_unsealed, {"after_id": after_id, "limit": limit})]
 
     async def seal_events(self, sealed: Sequence[tuple[int, int, bytes]]) -> None:
         """Set (seq, hash) on each (id, seq, hash), once: the append-only trigger refuses a second time."""
-        if not sealed:
-            return
-        statement = (
-            update(AuditEvent)
-            .where(AuditEvent.id == bindparam("event_id"), AuditEvent.seq.is_(None))
-            .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-        )
-        params = [{"event_id": i, "new_seq": s, "new_hash": h} for i, s, h in sealed]
-        await self.conn.execute(statement, params)
+        if sealed:
+            rows = [{"event_id": i, "new_seq": s, "new_hash": h} for i, s, h in sealed]
+            await self.execute_many(_seal_one, rows)
 
     async def save_chain(self, state: ChainState) -> None:
-        await self.conn.execute(
-            update(AuditChain)
-            .where(AuditChain.id == 1)
-            .values(
-                seq=state.seq,
-                head=state.head,
-                checkpoint_id=state.checkpoint_id,
-                checkpoint_hash=state.checkpoint_hash,
-                checkpoint_at_us=state.checkpoint_at_us,
-            )
-        )
+        await self.fetch(_save_chain, asdict(state))
 
     async def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
-        await self.conn.execute(
-            insert(AuditCheckpoint).values(
-                id=checkpoint.id,
-                at_us=checkpoint.at_us,
-                seq=checkpoint.seq,
-                head=checkpoint.head,
-                prev=checkpoint.prev,
-                key_id=checkpoint.key_id,
-                signature=checkpoint.signature,
-            )
-        )
+        await self.fetch(_insert_checkpoint, asdict(checkpoint))
 
     async def audit_events(self, where: AuditFilter, *, after_id: int, limit: int) -> list[Event]:
+        """Filtered reads are built per call (auditors' queries are not the hot path)."""
         query = select(*_EVENT_COLUMNS).where(_E.c.id > after_id)
         for column, value in (
             (_E.c.user_id, where.user_id),
@@ -145,9 +130,10 @@ class AuditQueries:
         if where.subject is not None:
             query = query.where(_E.c.subjects.contains(where.subject, autoescape=True))
         query = query.order_by(_E.c.id).limit(limit)
-        return [_event(row) for row in (await self.conn.execute(query)).mappings()]
+        return [Event(**row) for row in (await self.conn.execute(query)).mappings()]
 
     async def audit_checkpoints(self, *, after_id: int, limit: int) -> list[Checkpoint]:
-        query = select(_C).where(_C.c.id > after_id).order_by(_C.c.id).limit(limit)
-        rows = (await self.conn.execute(query)).mappings()
-        return [Checkpoint(**row) for row in rows]
+        return [
+            Checkpoint(**row)
+            for row in await self.fetch(_checkpoints, {"after_id": after_id, "limit": limit})
+        ]

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 __all__ = ["make_engine"]
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """Build an engine for ``postgresql+asyncpg://`` or ``sqlite+aiosqlite:///`` URLs.
 
     ``hide_parameters`` keeps bound values (ciphertext, token hashes) out of every SQLAlchemy exception
@@ -32,12 +32,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
+    # No overflow: connections opened past the pool and closed again cost a server fork each.
     return create_async_engine(
-        url,
-        hide_parameters=True,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_recycle=300,
+        url, hide_parameters=True, pool_size=pool_size, max_overflow=0, pool_recycle=300
     )
 
 

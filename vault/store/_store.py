@@ -11,17 +11,20 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import ColumnElement, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
 
 from vault.errors import StoreUnavailable, VaultError
 from vault.store._audit import AuditQueries
 from vault.store._engine import make_engine
+from vault.store._exec import PG_ERRORS, Builder
 from vault.store._leases import LeaseQueries
 from vault.store._models import ServiceToken, SessionRecord, User, UserKey
 from vault.store._rows import SessionRow, TokenRow, UserKeyRow
@@ -30,8 +33,10 @@ __all__ = ["Store", "Tx"]
 
 log = logging.getLogger("vault.store")
 
-_SESSIONS = SessionRecord.__table__
-_TOKENS = ServiceToken.__table__
+_SESSIONS: Table = cast(Table, SessionRecord.__table__)
+_TOKENS: Table = cast(Table, ServiceToken.__table__)
+_USERS: Table = cast(Table, User.__table__)
+_KEYS: Table = cast(Table, UserKey.__table__)
 
 
 class Store:
@@ -44,7 +49,7 @@ class Store:
         self.clock_us = clock_us
 
     @classmethod
-    def connect(cls, url: str, *, pool_size: int = 10, clock_us: Callable[[], int] | None = None) -> Store:
+    def connect(cls, url: str, *, pool_size: int = 20, clock_us: Callable[[], int] | None = None) -> Store:
         return cls(make_engine(url, pool_size=pool_size), clock_us=clock_us)
 
     async def close(self) -> None:
@@ -58,7 +63,7 @@ class Store:
                 yield Tx(conn, self.dialect, self.clock_us)
         except VaultError:
             raise
-        except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        except (DBAPIError, SQLAlchemyError, OSError, *PG_ERRORS) as exc:
             # The type and SQLSTATE say what went wrong; the message could carry values, so it is not logged.
             orig = getattr(exc, "orig", None)
             log.warning(
@@ -71,6 +76,89 @@ class Store:
     async def ping(self) -> None:
         async with self.transaction() as tx:
             await tx.conn.execute(text("SELECT 1"))
+
+
+def _typed(table: Any, names: list[str]) -> dict[str, Any]:
+    return {n: bindparam(n, type_=table.c[n].type) for n in names}
+
+
+def _upsert_user(dialect_insert: Any) -> Builder:
+    def build(_now: ColumnElement[Any]) -> Executable:
+        values = dialect_insert(_USERS).values(_typed(_USERS, ["id", "created_at"]))
+        return values.on_conflict_do_nothing(index_elements=["id"])  # type: ignore[no-any-return]
+
+    return build
+
+
+_UPSERT_USER = {"postgresql": _upsert_user(postgresql.insert), "sqlite": _upsert_user(sqlite.insert)}
+
+
+def _lock_user(_now: ColumnElement[Any]) -> Executable:
+    return select(_USERS.c.id).where(_USERS.c.id == bindparam("user_id")).with_for_update()
+
+
+def _active_key(_now: ColumnElement[Any]) -> Executable:
+    return select(_KEYS).where(_KEYS.c.user_id == bindparam("user_id"), _KEYS.c.status == "active")
+
+
+def _key_version(_now: ColumnElement[Any]) -> Executable:
+    return select(_KEYS).where(
+        _KEYS.c.user_id == bindparam("user_id"), _KEYS.c.dek_version == bindparam("version")
+    )
+
+
+def _insert_key(_now: ColumnElement[Any]) -> Executable:
+    return insert(_KEYS).values(_typed(_KEYS, [c.name for c in _KEYS.c])).inline()
+
+
+def _supersede(_now: ColumnElement[Any]) -> Executable:
+    return (
+        update(_SESSIONS)
+        .where(_SESSIONS.c.user_id == bindparam("owner"), _SESSIONS.c.status == "active")
+        .values(status="superseded", updated_at=bindparam("now", type_=_SESSIONS.c.updated_at.type))
+        .returning(_SESSIONS.c.id)
+    )
+
+
+def _insert_session(_now: ColumnElement[Any]) -> Executable:
+    return insert(_SESSIONS).values(_typed(_SESSIONS, [c.name for c in _SESSIONS.c])).inline()
+
+
+def _session(_now: ColumnElement[Any]) -> Executable:
+    return select(_SESSIONS).where(_SESSIONS.c.id == bindparam("session_id"))
+
+
+def _write_back(_now: ColumnElement[Any]) -> Executable:
+    names = ["dek_version", "ciphertext", "format", "has_signers", "expires_at", "updated_at"]
+    return (
+        update(_SESSIONS)
+        .where(
+            _SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.version == bindparam("expected_version")
+        )
+        .values(version=bindparam("new_version"), **_typed(_SESSIONS, names))
+        .returning(_SESSIONS.c.id)
+    )
+
+
+def _insert_token(_now: ColumnElement[Any]) -> Executable:
+    return insert(_TOKENS).values(_typed(_TOKENS, [c.name for c in _TOKENS.c])).inline()
+
+
+def _token(_now: ColumnElement[Any]) -> Executable:
+    return select(_TOKENS).where(_TOKENS.c.id == bindparam("token_id"))
+
+
+def _tokens(_now: ColumnElement[Any]) -> Executable:
+    return select(_TOKENS).order_by(_TOKENS.c.created_at)
+
+
+def _revoke(_now: ColumnElement[Any]) -> Executable:
+    return (
+        update(_TOKENS)
+        .where(_TOKENS.c.id == bindparam("token_id"), _TOKENS.c.revoked_at.is_(None))
+        .values(revoked_at=bindparam("now", type_=_TOKENS.c.revoked_at.type))
+        .returning(_TOKENS.c.id)
+    )
 
 
 class Tx(LeaseQueries, AuditQueries):
@@ -92,87 +180,33 @@ class Tx(LeaseQueries, AuditQueries):
         On PostgreSQL this is ``SELECT ... FOR UPDATE``; on SQLite ``BEGIN IMMEDIATE`` already holds the
         database write lock for the whole transaction.
         """
-        upsert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        await self.conn.execute(
-            upsert(User).values(id=user_id, created_at=now).on_conflict_do_nothing(index_elements=["id"])
-        )
-        query = select(User.id).where(User.id == user_id)
+        await self.fetch(_UPSERT_USER[self._dialect], {"id": user_id, "created_at": now})
         if self._dialect == "postgresql":
-            query = query.with_for_update()
-        await self.conn.execute(query)
+            await self.fetch(_lock_user, {"user_id": user_id})
 
     async def active_user_key(self, user_id: str) -> UserKeyRow | None:
-        result = await self.conn.execute(
-            select(UserKey.__table__).where(UserKey.user_id == user_id, UserKey.status == "active")
-        )
-        row = result.mappings().first()
+        row = await self.fetch_one(_active_key, {"user_id": user_id})
         return None if row is None else UserKeyRow(**row)
 
     async def user_key(self, user_id: str, dek_version: int) -> UserKeyRow | None:
-        result = await self.conn.execute(
-            select(UserKey.__table__).where(UserKey.user_id == user_id, UserKey.dek_version == dek_version)
-        )
-        row = result.mappings().first()
+        row = await self.fetch_one(_key_version, {"user_id": user_id, "version": dek_version})
         return None if row is None else UserKeyRow(**row)
 
     async def insert_user_key(self, row: UserKeyRow) -> None:
-        await self.conn.execute(
-            insert(UserKey).values(
-                user_id=row.user_id,
-                dek_version=row.dek_version,
-                wrapped_dek=row.wrapped_dek,
-                kek_id=row.kek_id,
-                kek_version=row.kek_version,
-                status=row.status,
-                created_at=row.created_at,
-            )
-        )
+        await self.fetch(_insert_key, asdict(row))
 
     # sessions ---------------------------------------------------------------------------------------
 
     async def supersede_active_sessions(self, user_id: str, now: datetime) -> list[str]:
         """Mark every active session of the user superseded; return their ids."""
-        result = await self.conn.execute(
-            select(SessionRecord.id).where(SessionRecord.user_id == user_id, SessionRecord.status == "active")
-        )
-        ids = list(result.scalars())
-        if ids:
-            await self.conn.execute(
-                update(SessionRecord)
-                .where(SessionRecord.id.in_(ids))
-                .values(status="superseded", updated_at=now)
-            )
-        return ids
+        return [row["id"] for row in await self.fetch(_supersede, {"owner": user_id, "now": now})]
 
     async def insert_session(self, row: SessionRow) -> None:
-        await self.conn.execute(
-            insert(SessionRecord).values(
-                id=row.id,
-                user_id=row.user_id,
-                version=row.version,
-                dek_version=row.dek_version,
-                format=row.format,
-                has_signers=row.has_signers,
-                status=row.status,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                expires_at=row.expires_at,
-                ciphertext=row.ciphertext,
-            )
-        )
+        await self.fetch(_insert_session, asdict(row))
 
     async def session(self, session_id: str) -> SessionRow | None:
-        result = await self.conn.execute(select(_SESSIONS).where(SessionRecord.id == session_id))
-        row = result.mappings().first()
+        row = await self.fetch_one(_session, {"session_id": session_id})
         return None if row is None else SessionRow(**row)
-
-    async def sessions_of_user(self, user_id: str) -> list[SessionRow]:
-        result = await self.conn.execute(
-            select(_SESSIONS)
-            .where(SessionRecord.user_id == user_id)
-            .order_by(SessionRecord.created_at.desc(), SessionRecord.id)
-        )
-        return [SessionRow(**row) for row in result.mappings()]
 
     async def write_back_session(
         self,
@@ -187,54 +221,35 @@ class Tx(LeaseQueries, AuditQueries):
         now: datetime,
     ) -> bool:
         """Store the next version of a session; False if its version moved on meanwhile."""
-        result = await self.conn.execute(
-            update(SessionRecord)
-            .where(SessionRecord.id == session_id, SessionRecord.version == expected_version)
-            .values(
-                version=expected_version + 1,
-                dek_version=dek_version,
-                ciphertext=ciphertext,
-                format=session_format,
-                has_signers=has_signers,
-                expires_at=expires_at,
-                updated_at=now,
-            )
-        )
-        return bool(result.rowcount)
+        params = {
+            "session_id": session_id,
+            "expected_version": expected_version,
+            "new_version": expected_version + 1,
+            "dek_version": dek_version,
+            "ciphertext": ciphertext,
+            "format": session_format,
+            "has_signers": has_signers,
+            "expires_at": expires_at,
+            "updated_at": now,
+        }
+        return bool(await self.fetch(_write_back, params))
 
     # service tokens ---------------------------------------------------------------------------------
 
     async def insert_token(self, row: TokenRow) -> None:
-        await self.conn.execute(
-            insert(ServiceToken).values(
-                id=row.id,
-                name=row.name,
-                role=row.role,
-                secret_hash=row.secret_hash,
-                purposes=None if row.purposes is None else json.dumps(list(row.purposes)),
-                max_ttl_seconds=row.max_ttl_seconds,
-                created_at=row.created_at,
-                expires_at=row.expires_at,
-                revoked_at=row.revoked_at,
-            )
-        )
+        values = asdict(row)
+        values["purposes"] = None if row.purposes is None else json.dumps(list(row.purposes))
+        await self.fetch(_insert_token, values)
 
     async def token(self, token_id: str) -> TokenRow | None:
-        result = await self.conn.execute(select(_TOKENS).where(ServiceToken.id == token_id))
-        row = result.mappings().first()
+        row = await self.fetch_one(_token, {"token_id": token_id})
         return None if row is None else _token_row(row)
 
     async def tokens(self) -> list[TokenRow]:
-        result = await self.conn.execute(select(_TOKENS).order_by(ServiceToken.created_at))
-        return [_token_row(row) for row in result.mappings()]
+        return [_token_row(row) for row in await self.fetch(_tokens)]
 
     async def revoke_token(self, token_id: str, now: datetime) -> bool:
-        result = await self.conn.execute(
-            update(ServiceToken)
-            .where(ServiceToken.id == token_id, ServiceToken.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        return bool(result.rowcount)
+        return bool(await self.fetch(_revoke, {"token_id": token_id, "now": now}))
 
 
 def _token_row(row: Any) -> TokenRow:
