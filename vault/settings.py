@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     internal_port: int = 8081
     dek_cache_ttl_seconds: float = 60.0
     dek_cache_max_entries: int = 10_000
-    db_pool_size: int = 20
+    db_pool_size: int = 10
     max_body_bytes: int = 64 * 1024
     lease_max_ttl_seconds: int = 300
     audit_keys_file: Path | None = None

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 __all__ = ["make_engine"]
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Build an engine for ``postgresql+asyncpg://`` or ``sqlite+aiosqlite:///`` URLs.
 
     ``hide_parameters`` keeps bound values (ciphertext, token hashes) out of every SQLAlchemy exception

@@ -49,7 +49,7 @@ class Store:
         self.clock_us = clock_us
 
     @classmethod
-    def connect(cls, url: str, *, pool_size: int = 20, clock_us: Callable[[], int] | None = None) -> Store:
+    def connect(cls, url: str, *, pool_size: int = 10, clock_us: Callable[[], int] | None = None) -> Store:
         return cls(make_engine(url, pool_size=pool_size), clock_us=clock_us)
 
     async def close(self) -> None:
