@@ -64,14 +64,12 @@ from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
 import psycopg
 import uvloop
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.ingest import (
     admin_execute,
@@ -92,7 +90,6 @@ from bench.whatif import parse as parse_whatif
 from tests.sessiongen import make_session
 from vault.errors import ConfigError
 from vault.settings import Settings
-from vault.store import AuditRecord, LockedSession, Tx
 
 AsyncpgPool: TypeAlias = Any  # asyncpg ships no type hints
 
@@ -188,44 +185,30 @@ class _Result:
         return 1
 
 
-class _Recorder:
-    """Stands in for a connection: compiles every statement it is given for PostgreSQL + asyncpg."""
+def _record_vault_sql() -> dict[str, str]:
+    """The SQL the vault sends to PostgreSQL for each statement of a lease cycle (vault/store/_exec.py)."""
+    from sqlalchemy import BigInteger, literal_column
 
-    def __init__(self) -> None:
-        self.sql: list[str] = []
-        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+    from vault.store import _audit, _exec, _leases, _store
 
-    async def execute(self, statement: Any) -> _Result:
-        self.sql.append(" ".join(str(statement.compile(dialect=self._dialect)).split()))
-        return _Result(statement)
-
-
-async def _record_vault_sql() -> dict[str, str]:
-    recorder = _Recorder()
-    tx = Tx(cast(AsyncConnection, recorder), "postgresql")
-    await tx.token("t")
-    await tx.peek_session(user_id="u")
-    await tx.lock_session("s")
-    await tx.open_lease("s")
-    locked = LockedSession(
-        id="s", user_id="u", version=1, dek_version=1, status="active", expires_at=None, ciphertext=b"",
-        now_us=0,
-    )  # fmt: skip
-    await tx.insert_lease(lease_id="l", session=locked, holder_token_id="h", purpose="p", ttl_seconds=1)  # noqa: S106
-    await tx.insert_audit(AuditRecord(at_us=0, action="a", outcome="ok"))
-    await tx.lock_lease("l")
-    await tx.end_lease("l", now_us=0, reason="released")
-    names = ["token", "peek", "lock_session", "open_lease", "insert_lease", "insert_audit"]
-    names += ["lock_lease_session", "lease_by_id", "end_lease"]
-    if len(recorder.sql) != len(names):
-        raise RuntimeError(f"expected {len(names)} statements, recorded {len(recorder.sql)}")
-    return dict(zip(names, recorder.sql, strict=True))
+    now = literal_column(_exec._NOW_SQL["postgresql"], BigInteger)
+    builders = {
+        "token": _store._token, "peek": _leases._peek_by_user, "lock_session": _leases._lock_session,
+        "open_lease": _leases._open_lease, "insert_lease": _leases._insert_lease,
+        "insert_audit": _audit._insert_event,
+        "lock_lease_session": _leases._lock_lease_session, "lease_by_id": _leases._lease_by_id,
+        "end_lease": _leases._end_lease,
+    }  # fmt: skip
+    return {
+        name: " ".join(_exec._prepare(build(now), "postgresql").sql.split())
+        for name, build in builders.items()
+    }
 
 
 def baseline_sql_drift() -> list[str]:
     """How the baseline's SQL differs from what ``vault/store`` compiles today (empty: it does not)."""
     try:
-        recorded = asyncio.run(_record_vault_sql())
+        recorded = _record_vault_sql()
     except Exception as exc:  # the store's methods changed shape: say so, do not stop the benchmark
         return [f"could not record the vault's SQL ({type(exc).__name__}: {exc})"]
     return [
