@@ -51,9 +51,5 @@ class DekCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def evict_user(self, user_id: str) -> None:
-        for key in [k for k in self._entries if k[0] == user_id]:
-            del self._entries[key]
-
     def clear(self) -> None:
         self._entries.clear()
