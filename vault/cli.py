@@ -20,7 +20,7 @@ from typing import TextIO
 
 from vault.audit import PublicKey, Report, verify
 from vault.errors import ConfigError, VaultError
-from vault.keys import create_audit_keys_file, create_keyring_file, load_audit_keys_file
+from vault.keys import create_audit_keys_file, create_keyring_file, load_audit_keys_file, write_private
 from vault.service import (
     Auditor,
     Context,
@@ -94,15 +94,6 @@ async def _migrate(settings: Settings) -> None:
         await store.close()
 
 
-def _write_private(path: Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 async def _ensure_admin_token(settings: Settings, path: Path) -> bool:
     """Keep a working bootstrap admin token in ``path``; return True if a new one was written."""
     async with _opened(settings) as (store, auditor):
@@ -115,7 +106,7 @@ async def _ensure_admin_token(settings: Settings, path: Path) -> bool:
         token, _ = await create_token(
             store, auditor, _CLI, role=Role.ADMIN, name="bootstrap-admin", now=utcnow()
         )
-        _write_private(path, token + "\n")
+        write_private(path, (token + "\n").encode(), replace=True)
         return True
 
 

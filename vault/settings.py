@@ -7,8 +7,6 @@ does not.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -90,15 +88,8 @@ class Settings(BaseSettings):
         password = urlsplit(url).password
         if password is not None and (password.lower() in WEAK_DB_PASSWORDS or len(password) < 12):
             raise ConfigError("the database password in VAULT_DATABASE_URL is weak (known or under 12 chars)")
-        for name, path in (
-            ("VAULT_KEYRING_FILE", self.require_keyring_file()),
-            ("VAULT_AUDIT_KEYS_FILE", self.require_audit_keys_file()),
-        ):
-            try:
-                mode = os.stat(path).st_mode
-            except FileNotFoundError:
-                raise ConfigError(f"{name} does not exist") from None
-            if stat.S_IMODE(mode) & 0o077:
-                raise ConfigError(f"{name} must not be readable by group or others (chmod 600)")
+        # The key files' existence, mode and contents are checked where they are loaded (vault.keys).
+        self.require_keyring_file()
+        self.require_audit_keys_file()
         if self.audit_seal_interval_seconds <= 0:
             raise ConfigError("VAULT_AUDIT_SEAL_INTERVAL_SECONDS must be positive in production")

@@ -74,6 +74,7 @@ EXPECTED = {
         "create_keyring_file",
         "load_audit_keys_file",
         "load_keyring_file",
+        "write_private",
     },
     "vault.service": {
         "Auditor",

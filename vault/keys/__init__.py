@@ -1,6 +1,7 @@
 """Key management: KEK providers and the DEK cache."""
 
 from vault.keys._cache import DekCache
+from vault.keys._files import write_private
 from vault.keys._local import (
     LocalKeyringProvider,
     create_audit_keys_file,
@@ -19,4 +20,5 @@ __all__ = [
     "create_keyring_file",
     "load_audit_keys_file",
     "load_keyring_file",
+    "write_private",
 ]

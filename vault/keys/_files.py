@@ -11,14 +11,20 @@ from vault.errors import ConfigError
 __all__ = ["read_private", "write_private"]
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 and ``data``; refuses to overwrite an existing file."""
+def write_private(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Create ``path`` with mode 0600 and ``data``. Refuses to overwrite an existing file unless
+    ``replace``, which writes a new file beside it and renames it over (never a moment half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    target = path.with_name(path.name + ".tmp") if replace else path
+    if replace:
+        target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    if replace:
+        os.replace(target, path)
 
 
 def read_private(path: Path, what: str) -> bytes:

@@ -88,11 +88,7 @@ def _insert_lease(_now: ColumnElement[Any]) -> Executable:
 
 def _lock_lease_session(now: ColumnElement[Any]) -> Executable:
     session_of_lease = select(_L.c.session_id).where(_L.c.id == bindparam("lease_id")).scalar_subquery()
-    return (
-        select(_S.c.status, _S.c.version, _S.c.dek_version, now.label("now_us"))
-        .where(_S.c.id == session_of_lease)
-        .with_for_update()
-    )
+    return select(_S.c.version, now.label("now_us")).where(_S.c.id == session_of_lease).with_for_update()
 
 
 def _lease_by_id(_now: ColumnElement[Any]) -> Executable:
@@ -157,9 +153,7 @@ class LeaseQueries(Executor):
         if row is None:
             return None
         return LockedLease(
-            session_status=session["status"],
             session_version=session["version"],
-            session_dek_version=session["dek_version"],
             now_us=session["now_us"],
             lease=LeaseRow(**row),
         )

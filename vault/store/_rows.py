@@ -104,9 +104,7 @@ class LockedLease:
     """A lease and its session, both row-locked, with the database's clock."""
 
     lease: LeaseRow
-    session_status: str
     session_version: int
-    session_dek_version: int
     now_us: int
 
 
