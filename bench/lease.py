@@ -933,7 +933,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--whatif",
         default="none",
         help="comma-separated vault variants, each none or changes of bench/whatif.py joined by +"
-        " (e.g. none,uvloop,uvloop+inline-deps): every vault path runs once per variant",
+        " (e.g. none,token-cache): every vault path runs once per variant",
     )
     args = parser.parse_args(argv)
     try:
