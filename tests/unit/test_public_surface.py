@@ -26,6 +26,7 @@ EXPECTED = {
         "checkpoint_payload",
         "content_bytes",
         "content_hash",
+        "digest_content",
         "link",
         "subject_hmac",
         "verify",

@@ -13,6 +13,7 @@ from vault.audit._chain import (
     checkpoint_payload,
     content_bytes,
     content_hash,
+    digest_content,
     link,
 )
 from vault.audit._keys import AuditKeys, PublicKey, subject_hmac
@@ -31,6 +32,7 @@ __all__ = [
     "checkpoint_payload",
     "content_bytes",
     "content_hash",
+    "digest_content",
     "link",
     "subject_hmac",
     "verify",

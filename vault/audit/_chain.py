@@ -26,6 +26,7 @@ __all__ = [
     "checkpoint_payload",
     "content_bytes",
     "content_hash",
+    "digest_content",
     "link",
 ]
 
@@ -81,7 +82,12 @@ def content_bytes(fields: Any) -> bytes:
 
 
 def content_hash(fields: Any) -> bytes:
-    return hashlib.sha256(b"sv-audit-event-1\x00" + content_bytes(fields)).digest()
+    return digest_content(content_bytes(fields))
+
+
+def digest_content(content: bytes) -> bytes:
+    """SHA-256 of canonical content bytes (for callers that already have them)."""
+    return hashlib.sha256(b"sv-audit-event-1\x00" + content).digest()
 
 
 def link(prev: bytes, seq: int, event_id: int, digest: bytes) -> bytes:

@@ -17,7 +17,7 @@ from vault.audit import (
     checkpoint_hash,
     checkpoint_payload,
     content_bytes,
-    content_hash,
+    digest_content,
     link,
 )
 from vault.store import ChainState, Store
@@ -49,12 +49,13 @@ async def seal(
             for event in page:
                 if len(sealed) == batch:
                     break
-                if not keys.mac_ok(content_bytes(event), event.mac):
+                content = content_bytes(event)  # canonical JSON once: for the MAC and for the chain
+                if not keys.mac_ok(content, event.mac):
                     rejected += 1
                     log.warning("audit: event id %d has no valid MAC; it is left unsealed", event.id)
                     continue
                 seq += 1
-                head = link(head, seq, event.id, content_hash(event))
+                head = link(head, seq, event.id, digest_content(content))
                 sealed.append((event.id, seq, head))
             after = page[-1].id
         await tx.seal_events(sealed)
