@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from vault._server import _Server
+from vault._server import _Server, server_config
 from vault.api import create_internal_app, create_public_app
 from vault.keys import load_audit_keys_file
 from vault.service import Auditor, Context, Role, Vault, create_token, utcnow
@@ -27,6 +27,9 @@ class LiveVault:
     settings: Settings
 
     def token(self, role: str, **extra: object) -> str:
+        """A new token of ``role``: over the API for the roles it mints, else as the CLI does (direct)."""
+        if role in ("signer", "admin"):
+            return make_token(self.settings, Role(role), name=f"test-{role}", **extra)  # type: ignore[arg-type]
         response = httpx.post(
             f"{self.internal}/v1/tokens",
             json={"role": role, "name": f"test-{role}", **extra},
@@ -37,19 +40,35 @@ class LiveVault:
         return token
 
 
-def make_admin_token(settings: Settings) -> str:
+def make_token(
+    settings: Settings,
+    role: Role,
+    *,
+    name: str,
+    purposes: list[str] | None = None,
+    max_ttl_seconds: int | None = None,
+    expires_in: int | None = None,
+) -> str:
+    """A token made the way ``session-vault token create`` makes it (no principal: the CLI)."""
+
     async def run() -> str:
         store = Store.connect(settings.require_database_url(), pool_size=1)
-        auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()))
+        auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()), actor_name="cli:test")
         try:
             token, _ = await create_token(
-                store, auditor, Context(source="test"), role=Role.ADMIN, name="test-admin", now=utcnow()
-            )
+                store, auditor, Context(source="cli"), role=role, name=name, now=utcnow(),
+                purposes=None if purposes is None else tuple(purposes), max_ttl_seconds=max_ttl_seconds,
+                expires_in=expires_in,
+            )  # fmt: skip
             return token
         finally:
             await store.close()
 
     return asyncio.run(run())
+
+
+def make_admin_token(settings: Settings) -> str:
+    return make_token(settings, Role.ADMIN, name="test-admin")
 
 
 @contextmanager
@@ -64,7 +83,7 @@ def live_vault(settings: Settings) -> Iterator[LiveVault]:
         vault.start()
         try:
             for app in (create_public_app(settings, vault=vault), create_internal_app(settings, vault=vault)):
-                config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+                config = server_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
                 servers.append(_Server(config))
             tasks = [asyncio.create_task(s.serve()) for s in servers]
             while not all(s.started for s in servers):

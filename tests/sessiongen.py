@@ -5,9 +5,10 @@ An exported session is plain base64 of compact JSON with no version field. Curre
 ``{email | phone+countryCode, userId, wallets, currentWalletIds, sessionCookie}``. ``wallets`` maps a wallet
 id to a wallet object whose ``signer`` is the user's MPC key share (here: random bytes, base64); exporting
 with ``excludeSigners`` deletes each ``signer`` and nothing else. The session cookie carries its expiry in an
-``Expires`` attribute (Para's default lifetime: two hours).
+``Expires`` attribute (Para's default lifetime: two hours), and optionally a ``Max-Age`` attribute as well.
 
 Everything is random and deterministic per seed (given ``now``): no real key share, user or cookie.
+``refresh_session`` makes a re-export of a made session: same user and wallets, a new cookie.
 
     python -m tests.sessiongen      # prints one session
 """
@@ -15,6 +16,7 @@ Everything is random and deterministic per seed (given ``now``): no real key sha
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import random
 import sys
@@ -22,7 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["make_session", "reencode", "secret_strings", "signer_strings"]
+__all__ = ["make_session", "reencode", "refresh_session", "secret_strings", "signer_strings"]
 
 SESSION_LIFETIME = timedelta(hours=2)
 EXPIRED_AGO = timedelta(minutes=5)
@@ -41,11 +43,13 @@ def _http_date(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
-def _cookie(rng: random.Random, expires: datetime | None) -> str:
+def _cookie(rng: random.Random, expires: datetime | None, max_age: int | str | None = None) -> str:
     sig = _b64(rng, 32).rstrip("=").replace("+", "%2B").replace("/", "%2F")
     parts = [f"capsule.sid=s%3A{_uuid(rng)}.{sig}", "Path=/"]
     if expires is not None:
         parts.append(f"Expires={_http_date(expires)}")
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
     parts += ["HttpOnly", "Secure", "SameSite=None"]
     return "; ".join(parts)
 
@@ -81,12 +85,15 @@ def make_session(
     now: datetime | None = None,
     user_id: str | None = None,
     evm_signer_bytes: int = 2600,
+    max_age: int | str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Return ``(serialized, body)``: one exported session and its decoded JSON object.
 
     ``signers=False`` is an ``excludeSigners`` export. ``legacy`` makes a Capsule export with ``email``;
     ``legacy_phone`` one with ``phone`` + ``countryCode``. The cookie expires two hours after ``now`` (whole
     seconds), five minutes before it if ``expired``, and has no ``Expires`` at all if ``no_expiry``.
+    ``max_age`` adds a ``Max-Age=<max_age>`` attribute after ``Expires`` (written as given: a ``str`` makes
+    a malformed one); it changes nothing else: ids, signers and the cookie's value are as without it.
     """
     rng = random.Random(seed)
     now = now if now is not None else datetime.now(UTC)
@@ -99,8 +106,7 @@ def make_session(
         _wallet(rng, uid, "EVM", signers, evm_signer_bytes),
         _wallet(rng, uid, "SOLANA", signers, SOLANA_SIGNER_BYTES),
     ]
-    base = now.replace(microsecond=0)
-    expires = None if no_expiry else (base - EXPIRED_AGO if expired else base + SESSION_LIFETIME)
+    expires = _expires(now, expired=expired, no_expiry=no_expiry)
     body: dict[str, Any] = {}
     if legacy or legacy_phone:
         if legacy_phone:
@@ -113,10 +119,47 @@ def make_session(
     body["userId"] = uid
     body["wallets"] = {w["id"]: w for w in wallets}
     body["currentWalletIds"] = {w["type"]: [w["id"]] for w in wallets}
-    body["sessionCookie"] = _cookie(rng, expires)
+    body["sessionCookie"] = _cookie(rng, expires, max_age)
     if not (legacy or legacy_phone):
         body["externalWallets"] = {}
     return reencode(body), body
+
+
+def refresh_session(
+    body: dict[str, Any],
+    seed: int = 0,
+    *,
+    signers: bool = True,
+    expired: bool = False,
+    no_expiry: bool = False,
+    now: datetime | None = None,
+    max_age: int | str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Return ``(serialized, body)``: a re-export of the session ``body`` (which is not modified).
+
+    The user, the wallets (ids, addresses, key shares) and every other field are kept; the cookie is new
+    (random per ``seed``, expiry as in :func:`make_session` from ``now``). ``signers=False`` makes it an
+    ``excludeSigners`` re-export: every wallet's ``signer`` is deleted.
+    """
+    rng = random.Random(seed)
+    now = now if now is not None else datetime.now(UTC)
+    refreshed = copy.deepcopy(body)
+    if not signers:
+        for wallet in _wallet_values(refreshed):
+            wallet.pop("signer", None)
+    refreshed["sessionCookie"] = _cookie(rng, _expires(now, expired=expired, no_expiry=no_expiry), max_age)
+    return reencode(refreshed), refreshed
+
+
+def _expires(now: datetime, *, expired: bool, no_expiry: bool) -> datetime | None:
+    # Counted in UTC: elapsed time, not wall-clock arithmetic in now's zone (which a DST change skews).
+    base = now.astimezone(UTC).replace(microsecond=0)
+    return None if no_expiry else (base - EXPIRED_AGO if expired else base + SESSION_LIFETIME)
+
+
+def refresh_serialized(serialized: str, seed: int = 0, **options: Any) -> str:
+    """:func:`refresh_session` of a serialized session: what the SDK exports again after a refresh."""
+    return refresh_session(json.loads(base64.b64decode(serialized)), seed, **options)[0]
 
 
 def reencode(body: Any) -> str:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import stat
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -25,6 +28,7 @@ from vault.service import (
     Auditor,
     Context,
     Role,
+    adopt_chain,
     authenticate,
     create_token,
     export_lines,
@@ -75,10 +79,18 @@ def _ensure_dev_keys(settings: Settings) -> None:
         create_audit_keys_file(audit_keys)
 
 
+def _operator() -> str:
+    """Who runs the CLI, for the audit log's ``actor_name`` (``cli:<login>``)."""
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no login name in this environment (a bare container)
+        return "cli"
+
+
 @contextlib.asynccontextmanager
 async def _opened(settings: Settings) -> AsyncIterator[tuple[Store, Auditor]]:
     """The store and the auditor, for commands that act on the vault's state."""
-    auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()))
+    auditor = Auditor(load_audit_keys_file(settings.require_audit_keys_file()), actor_name=_operator())
     store = Store.connect(settings.require_database_url(), pool_size=1)
     try:
         yield store, auditor
@@ -99,7 +111,9 @@ async def _ensure_admin_token(settings: Settings, path: Path) -> bool:
     async with _opened(settings) as (store, auditor):
         if path.exists():
             try:
-                await authenticate(store, path.read_text().strip(), role=Role.ADMIN, now=utcnow())
+                await authenticate(
+                    store, auditor.keys, path.read_text().strip(), role=Role.ADMIN, now=utcnow()
+                )
                 return False
             except VaultError:
                 pass  # stale (database reset or token revoked): issue a new one
@@ -116,6 +130,9 @@ def _cmd_dev(args: argparse.Namespace) -> None:
     os.umask(0o077)  # the database, keyring and token files are for this user only
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(data_dir.stat().st_mode) & 0o077:
+        data_dir.chmod(0o700)  # an existing directory others could read: it holds the keys
+        print(f"{data_dir} was readable by others; it is now mode 0700", file=sys.stderr)
     settings = Settings.for_data_dir(
         data_dir, public_port=args.public_port, internal_port=args.internal_port, public_host=args.host,
         internal_host=args.host,
@@ -222,9 +239,14 @@ def _cmd_audit_export(args: argparse.Namespace) -> None:
 
     if args.out in (None, "-"):
         asyncio.run(run(sys.stdout))
-    else:
-        with open(args.out, "w") as out:
-            asyncio.run(run(out))
+        return
+    try:  # the export names users, sessions and token ids: for its owner only, like the key files
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as out:
+        asyncio.run(run(out))
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> None:
@@ -244,12 +266,16 @@ def _cmd_audit_verify(args: argparse.Namespace) -> None:
                 "warning: using the public key inside the export; pass --public-key to pin it",
                 file=sys.stderr,
             )
-        report = verify(events, checkpoints, key)
+        skew = int(args.max_skew * 1_000_000)
+        report = verify(events, checkpoints, key, now_us=time.time_ns() // 1000, max_skew_us=skew)
     else:
 
         async def run() -> Report:
             async with _opened(_settings(args)) as (store, auditor):
-                return await verify_live(store, auditor, _CLI, pinned or auditor.keys.public_key)
+                key = pinned or auditor.keys.public_key
+                return await verify_live(
+                    store, auditor, _CLI, key, max_skew_us=int(args.max_skew * 1_000_000)
+                )
 
         report = asyncio.run(run())
     summary = (
@@ -261,6 +287,18 @@ def _cmd_audit_verify(args: argparse.Namespace) -> None:
         print(summary, file=sys.stderr)
         sys.exit(3)
     print(f"ok: {summary}")
+
+
+def _cmd_audit_adopt_chain(args: argparse.Namespace) -> None:
+    async def run() -> Report:
+        async with _opened(_settings(args)) as (store, auditor):
+            return await adopt_chain(store, auditor, _CLI, auditor.keys.public_key)
+
+    report = asyncio.run(run())
+    if report.problem is not None:
+        print(f"FAIL: {report.problem}; the chain row was left as it was", file=sys.stderr)
+        sys.exit(3)
+    print(f"ok: the log verifies ({report.events} events); the audit_chain row is now authenticated")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -306,7 +344,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--file", help="an export made by `audit export` (default: the live database)")
     check.add_argument("--public-key", help="the checkpoint public key (PEM) to verify against")
+    check.add_argument(
+        "--max-skew",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="flag events dated more than this after this machine's clock (default 300)",
+    )
     check.set_defaults(func=_cmd_audit_verify)
+    adopt = with_data_dir(
+        audit.add_parser(
+            "adopt-chain",
+            help="once, after upgrading a log from before schema 0004: verify it, then authenticate its "
+            "chain row so sealing resumes; exit 3 if the log does not verify",
+        )
+    )
+    adopt.set_defaults(func=_cmd_audit_adopt_chain)
 
     token = sub.add_parser("token", help="service credentials").add_subparsers(
         dest="token_command", required=True

@@ -25,12 +25,15 @@ written by the vault, never copied from input.
     │   └── SessionExpired          session_expired
     ├── AuthError
     │   ├── Unauthorized            unauthorized
+    │   │   └── TokenForged         unauthorized     (a token row without the vault's MAC; audited as such)
     │   └── Forbidden               forbidden
     │       └── PurposeNotAllowed   purpose_not_allowed
     ├── DecryptionError             decryption_failed
     ├── KeyUnavailable              key_unavailable
     ├── StoreUnavailable            store_unavailable
     ├── AuditUnavailable            audit_unavailable
+    ├── AuditChainBroken            audit_chain_broken (the sealer refuses to extend a tampered chain)
+    ├── RateLimited                 rate_limited     (carries retry_after)
     └── ConfigError                 config_error
 """
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuditChainBroken",
     "AuditUnavailable",
     "AuthError",
     "ConfigError",
@@ -53,12 +57,14 @@ __all__ = [
     "NoSession",
     "NotFound",
     "PurposeNotAllowed",
+    "RateLimited",
     "SessionExpired",
     "SessionGone",
     "SessionRevoked",
     "SessionSuperseded",
     "StoreUnavailable",
     "StoredSessionExpired",
+    "TokenForged",
     "TooLarge",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -181,6 +187,11 @@ class Unauthorized(AuthError):
     default_detail = "a valid bearer token is required"
 
 
+class TokenForged(Unauthorized):
+    """The token's row fails the vault's MAC: it was written behind the vault's back. The caller sees a
+    plain 401 (same code and detail); the audit log says why."""
+
+
 class Forbidden(AuthError):
     """A valid credential whose role does not allow the call."""
 
@@ -219,6 +230,26 @@ class AuditUnavailable(VaultError):
 
     code = "audit_unavailable"
     default_detail = "the audit log is unavailable; nothing was released"
+
+
+class AuditChainBroken(VaultError):
+    """The chain's state (the ``audit_chain`` row, or the event at its head) fails its MAC or its hash, or
+    something was sealed past the head: written behind the vault's back. The sealer stops extending the
+    chain (no event is sealed and no checkpoint signed over it) until an operator has looked."""
+
+    code = "audit_chain_broken"
+    default_detail = "the audit chain's state was changed behind the vault's back"
+
+
+class RateLimited(VaultError):
+    """Too many requests of this kind from this caller. ``retry_after`` is whole seconds to wait."""
+
+    code = "rate_limited"
+    default_detail = "too many requests; retry later"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
 
 
 class ConfigError(VaultError):

@@ -7,16 +7,19 @@ does not.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vault.errors import ConfigError
 
-__all__ = ["WEAK_DB_PASSWORDS", "Settings"]
+__all__ = ["MAX_LEASE_TTL", "WEAK_DB_PASSWORDS", "Settings"]
+
+MAX_LEASE_TTL = 86_400  # the longest lease any configuration or request may name, in seconds
 
 # Passwords that appear in tutorials and default images; a production database URL must not use them.
 WEAK_DB_PASSWORDS = frozenset(
@@ -40,12 +43,52 @@ class Settings(BaseSettings):
     dek_cache_max_entries: int = 10_000
     db_pool_size: int = 10
     max_body_bytes: int = 64 * 1024
-    lease_max_ttl_seconds: int = 300
+    lease_max_ttl_seconds: int = Field(300, ge=1, le=MAX_LEASE_TTL)
     audit_keys_file: Path | None = None
     audit_seal_interval_seconds: float = 1.0
     audit_checkpoint_interval_seconds: float = 60.0
     dev_mode: bool = False
     access_log: bool = False  # security events are in the audit log; this is uvicorn's per-request line
+    # Forwarded headers (X-Forwarded-For, X-Forwarded-Proto) are believed only from these peers: a comma-
+    # separated list of addresses or networks. Empty (the default): the audited source is the TCP peer.
+    trusted_proxies: str = ""
+    # Slow and oversized requests, per listener: a request's headers must arrive whole within the header
+    # deadline (counted from the connection or the request's first byte, never reset by further bytes),
+    # its body within the body deadline after the headers; headers over the size limit are refused (431).
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    http_max_header_bytes: int = 16 * 1024
+    http_max_connections: int = 1000  # per listener; past it, new requests are answered 503
+    # A stored session expires at its cookie's Max-Age / Expires, and never later than this after ingest.
+    session_max_lifetime_seconds: int = 30 * 86400
+    # Keyed-hash lookups (POST /v1/audit/hash) per auditor token, per vault process.
+    audit_hash_rate_limit: str = "30/minute"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError("VAULT_TRUSTED_PROXIES: not an address or network") from None
+        return value
+
+    @field_validator("audit_hash_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("VAULT_AUDIT_HASH_RATE_LIMIT: not a rate such as 30/minute") from None
+        return value
+
+    def trusted_proxy_list(self) -> list[str]:
+        """The trusted proxies as a list of addresses and networks (empty: trust no forwarded header)."""
+        return [part.strip() for part in self.trusted_proxies.split(",") if part.strip()]
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, **overrides: object) -> Settings:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from tests._db import RawDb, pg_execute
 from tests._live import LiveVault, live_vault
-from tests.sessiongen import make_session, secret_strings
+from tests.sessiongen import make_session, refresh_session, secret_strings
 from vault.settings import Settings
 
 
@@ -126,7 +126,7 @@ def test_roles_stay_apart(vault: LiveVault) -> None:
 
 def test_no_audit_row_holds_session_material(vault: LiveVault, raw: RawDb) -> None:
     session, body = _ingest(vault, 304)
-    refreshed, _ = make_session(305, user_id=body["userId"])
+    refreshed, _ = refresh_session(body, 305)
     signer = vault.token("signer")
     lease = httpx.post(
         f"{vault.internal}/v1/users/{body['userId']}/lease", json={"purpose": "sign"}, headers=_auth(signer)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests._live import LiveVault
-from tests.sessiongen import make_session
+from tests.sessiongen import make_session, refresh_serialized
 from vault.client import AsyncVaultClient, ClientError, Lease, VaultClient, VaultUnreachable
 from vault.errors import (
     Forbidden,
@@ -41,8 +41,8 @@ def _ingest(vault: LiveVault, seed: int) -> tuple[str, str, str]:
     return session, out["user_id"], out["session_id"]
 
 
-def _refreshed(seed: int, user_id: str) -> str:
-    return make_session(seed, user_id=user_id)[0]
+def _refreshed(seed: int, original: str) -> str:
+    return refresh_serialized(original, seed)
 
 
 def _closed_port() -> int:
@@ -57,7 +57,7 @@ def _closed_port() -> int:
 
 def test_sync_round_trip_release_and_write_back(vault: LiveVault) -> None:
     s1, user_id, session_id = _ingest(vault, 101)
-    s2 = _refreshed(102, user_id)
+    s2 = _refreshed(102, s1)
     with VaultClient(vault.internal, vault.token("signer")) as client:
         with client.lease(user_id, purpose="sign") as lease:
             assert lease.session == s1
@@ -70,7 +70,7 @@ def test_sync_round_trip_release_and_write_back(vault: LiveVault) -> None:
             lease.refreshed = s2
         with client.lease(user_id, purpose="sign") as lease:
             assert (lease.session, lease.session_id, lease.fencing_token) == (s2, session_id, first + 2)
-            lease.set_refreshed(s3 := _refreshed(103, user_id))
+            lease.set_refreshed(s3 := _refreshed(103, s1))
             with pytest.raises(LeaseHeld):  # held, even for the same credential
                 client.grant(user_id, purpose="sign")
         # A block that raises still releases, but writes nothing back.
@@ -92,7 +92,7 @@ def test_sync_round_trip_release_and_write_back(vault: LiveVault) -> None:
 
 def test_async_round_trip_release_and_write_back(vault: LiveVault) -> None:
     s1, user_id, session_id = _ingest(vault, 111)
-    s2 = _refreshed(112, user_id)
+    s2 = _refreshed(112, s1)
     token = vault.token("signer")
 
     async def main() -> None:
@@ -114,7 +114,7 @@ def test_async_round_trip_release_and_write_back(vault: LiveVault) -> None:
             assert lease.session == s2
             before = lease.expires_at
             assert await client.renew(lease) >= before
-            assert await client.release(lease, _refreshed(113, user_id)) is True
+            assert await client.release(lease, _refreshed(113, s1)) is True
             with pytest.raises(LeaseLost):
                 await client.release(lease)
 
@@ -342,12 +342,12 @@ def test_sync_typed_errors(vault: LiveVault) -> None:
         with pytest.raises(NoSession):
             client.grant("no-such-user", purpose="sign")
         with pytest.raises(NoSession):
-            client.grant(session_id="no-such-session", purpose="sign")
+            client.grant(session_id="00000000-0000-4000-8000-000000000000", purpose="sign")
         with pytest.raises(PurposeNotAllowed):
             with client.lease(user_id, purpose="other"):
                 pass  # pragma: no cover
         lease = client.grant(user_id, purpose="sign", ttl_seconds=5)
-        ghost = Lease("no-such-lease", lease.session_id, user_id, 1, lease.expires_at, 5, session="")
+        ghost = Lease("00000000-0000-4000-8000-00000000dead", lease.session_id, user_id, 1, lease.expires_at, 5, session="")
         with pytest.raises(NoLease):
             client.renew(ghost)
         client.release(lease)
@@ -402,7 +402,7 @@ def test_sync_lost_lease(vault: LiveVault) -> None:
                 time.sleep(2.2)
                 taken = second.grant(user_id, purpose="sign", ttl_seconds=30)
                 assert taken.fencing_token == lease.fencing_token + 1
-                lease.refreshed = _refreshed(182, user_id)  # must not be written back
+                lease.refreshed = _refreshed(182, s1)  # must not be written back
         second.release(taken)
         # Background renewal learns of the loss (here: released behind its back) and marks the lease.
         with pytest.raises(LeaseLost):
@@ -452,7 +452,7 @@ def test_async_lost_lease(vault: LiveVault) -> None:
 def test_reprs_show_neither_token_nor_session(vault: LiveVault) -> None:
     session, user_id, _ = _ingest(vault, 201)
     token = vault.token("signer")
-    refreshed = _refreshed(202, user_id)
+    refreshed = _refreshed(202, session)
     with VaultClient(vault.internal, token) as client:
         scope = client.lease(user_id, purpose="sign")
         with scope as lease:

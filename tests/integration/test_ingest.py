@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -87,15 +88,20 @@ def test_public_ingest_answers_and_stores_only_ciphertext(vault: LiveVault, raw:
 
 def test_capsule_format_and_no_signers_and_no_expiry(vault: LiveVault) -> None:
     session, body = make_session(12, legacy=True, signers=False, no_expiry=True)
+    before = time.time()
     response = _post(f"{vault.public}/api/import-session", session)
     assert response.status_code == 201, response.text
-    assert response.json() == {
-        "session_id": response.json()["session_id"],
+    out = response.json()
+    assert {k: v for k, v in out.items() if k != "expires_at"} == {
+        "session_id": out["session_id"],
         "user_id": body["userId"],
         "format": "capsule",
         "has_signers": False,
-        "expires_at": None,
     }
+    # A cookie with no expiry gets the vault's maximum lifetime (it never expired, before).
+    lifetime = vault.settings.session_max_lifetime_seconds
+    expires = datetime.fromisoformat(out["expires_at"]).timestamp()
+    assert before + lifetime <= expires <= time.time() + lifetime
 
 
 def test_internal_ingest_needs_an_ingest_token(vault: LiveVault, raw: RawDb) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from tests._db import RawDb
 from tests._live import LiveVault
-from tests.sessiongen import make_session, secret_strings
+from tests.sessiongen import make_session, refresh_session, secret_strings
 
 
 class _Http:
@@ -171,7 +171,8 @@ def test_renew_and_release_only_by_the_holder_with_the_newest_fence(vault: LiveV
     _error(b.renew(lid, fence), 403, "forbidden")
     _error(b.release(lid, fence), 403, "forbidden")
     _error(a.renew(lid, fence + 1), 409, "lease_lost")
-    _error(a.release(lid, fence - 1), 409, "lease_lost")
+    _error(a.release(lid, fence + 2), 409, "lease_lost")
+    _error(a.release(lid, 0), 422, "invalid_request")  # fencing tokens start at 1
     time.sleep(1.2)
     renewed = a.renew(lid, fence)
     assert renewed.status_code == 200
@@ -189,9 +190,9 @@ def test_renew_and_release_only_by_the_holder_with_the_newest_fence(vault: LiveV
 def test_write_back_stores_the_next_version(vault: LiveVault, raw: RawDb) -> None:
     first, body = make_session(69)
     sid = _ingest(vault, first)["session_id"]
-    refreshed, _ = make_session(70, user_id=body["userId"])
+    refreshed, _ = refresh_session(body, 70)
     stranger, _ = make_session(71)
-    expired, _ = make_session(72, user_id=body["userId"], expired=True)
+    expired, _ = refresh_session(body, 72, expired=True)
     a = Signer(vault)
     lease = a.lease_user(body["userId"]).json()
     lid, fence = lease["lease_id"], lease["fencing_token"]
@@ -217,7 +218,7 @@ def test_write_back_stores_the_next_version(vault: LiveVault, raw: RawDb) -> Non
 def test_expired_lease_is_taken_over_and_the_late_write_back_refused(vault: LiveVault, raw: RawDb) -> None:
     session, body = make_session(73)
     sid = _ingest(vault, session)["session_id"]
-    late, _ = make_session(74, user_id=body["userId"])
+    late, _ = refresh_session(body, 74)
     a, b = Signer(vault), Signer(vault)
     old = a.lease_user(body["userId"], ttl_seconds=1).json()
     time.sleep(1.3)
@@ -244,7 +245,7 @@ def test_expired_lease_is_taken_over_and_the_late_write_back_refused(vault: Live
 def test_every_lease_event_is_audited_without_secrets(vault: LiveVault, raw: RawDb) -> None:
     session, body = make_session(75)
     _ingest(vault, session)
-    refreshed, _ = make_session(76, user_id=body["userId"])
+    refreshed, _ = refresh_session(body, 76)
     a, b = Signer(vault), Signer(vault)
     lease = a.lease_user(body["userId"], purpose="sign:tx", ttl_seconds=5).json()
     b.lease_user(body["userId"])

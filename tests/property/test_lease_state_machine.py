@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.sessiongen import make_session
+from tests.sessiongen import make_session, refresh_session
 from vault.audit import AuditKeys
 from vault.errors import Forbidden, LeaseHeld, LeaseLost
 from vault.keys import DekCache, LocalKeyringProvider
@@ -99,7 +99,7 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
             )
             self.session_id = result.session_id
             self.refreshed = iter(
-                make_session(seed * 1000 + i, user_id=self.user_id)[0] for i in range(10**6)
+                refresh_session(body, seed * 1000 + i)[0] for i in range(10**6)
             )
 
         @rule(target=leases, holder=st.sampled_from(["a", "b"]), ttl=st.integers(1, 30))

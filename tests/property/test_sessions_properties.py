@@ -1,4 +1,5 @@
-"""Property tests for vault.sessions.parse_session: nothing but InvalidSession escapes, and round trips."""
+"""Property tests for vault.sessions.parse_session: nothing but InvalidSession escapes, round trips, and the
+effective expiry (Max-Age over Expires, capped by max_lifetime)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.sessiongen import make_session, reencode, secret_strings
-from vault.errors import InvalidSession
+from vault.errors import InvalidSession, SessionExpired
 from vault.sessions import SessionFormat, parse_session
+from vault.sessions._cookie import MAX_AGE_LIMIT, cookie_expiry
 
 NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -38,6 +40,8 @@ DETAILS = {
     "the session has no session cookie",
     "the session cookie's Expires is not an HTTP date",
     "the session cookie has more than one Expires attribute",
+    "the session cookie's Max-Age is not a whole number of seconds up to ten years",
+    "the session cookie has more than one Max-Age attribute",
     "the session's currentWalletIds is not an object",
     "the session's externalWallets is not an object",
     "the session has expired",
@@ -54,8 +58,18 @@ cookies = st.builds(
     lambda value, attrs: "; ".join([value, *attrs]),
     st.text(max_size=10),
     st.lists(
-        st.sampled_from(["Path=/", "HttpOnly", "Expires=", "expires=Thu, 01 Oct 2026 13:00:00 GMT"])
+        st.sampled_from(
+            [
+                "Path=/",
+                "HttpOnly",
+                "Expires=",
+                "expires=Thu, 01 Oct 2026 13:00:00 GMT",
+                "Max-Age=",
+                "max-age=60",
+            ]
+        )
         | st.builds(lambda v: f"Expires={v}", st.text(max_size=30))
+        | st.builds(lambda v: f"Max-Age={v}", st.text(max_size=12) | st.integers().map(str))
         | st.builds(
             lambda d: "Expires=" + d.strftime("%a, %d %b %Y %H:%M:%S GMT"),
             st.datetimes(timezones=st.just(UTC)),
@@ -186,9 +200,10 @@ def test_mutated_generated_sessions(seed: int, path: list[int], value: Any, dele
     legacy=st.sampled_from(["para", "email", "phone"]),
     no_expiry=st.booleans(),
     minutes=st.integers(-(10**6), 10**6),
+    max_age=st.none() | st.integers(1, MAX_AGE_LIMIT),
 )
 def test_generated_sessions_round_trip(
-    seed: int, signers: bool, legacy: str, no_expiry: bool, minutes: int
+    seed: int, signers: bool, legacy: str, no_expiry: bool, minutes: int, max_age: int | None
 ) -> None:
     now = NOW + timedelta(minutes=minutes, microseconds=seed % 10**6)
     serialized, body = make_session(
@@ -198,6 +213,7 @@ def test_generated_sessions_round_trip(
         legacy_phone=legacy == "phone",
         no_expiry=no_expiry,
         now=now,
+        max_age=max_age,
     )
     parsed = parse_session(serialized, now=now)
     assert parsed.user_id == body["userId"]
@@ -205,10 +221,117 @@ def test_generated_sessions_round_trip(
     assert [w.id for w in parsed.wallets] == list(body["wallets"])
     assert [w.type for w in parsed.wallets] == [w["type"] for w in body["wallets"].values()]
     assert parsed.has_signers is signers
-    if no_expiry:
+    if max_age is not None:
+        assert parsed.expires_at == now + timedelta(seconds=max_age)
+    elif no_expiry:
         assert parsed.expires_at is None
     else:
         assert parsed.expires_at == now.replace(microsecond=0) + timedelta(hours=2)
     rendered = repr(parsed)
     for secret in secret_strings(body):
         assert secret not in rendered
+
+
+# --- the effective expiry ----------------------------------------------------------------------------------
+
+LATEST = datetime.max.replace(tzinfo=UTC)
+nows = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+) | (st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.timezones()))
+# Any HTTP date a cookie's Expires may carry: past, future, far future.
+http_dates = st.datetimes(min_value=datetime(1601, 1, 1), max_value=datetime(9998, 12, 31)).map(
+    lambda d: d.strftime("%a, %d %b %Y %H:%M:%S GMT")
+)
+attribute_names = st.sampled_from(["Max-Age", "max-age", "MAX-AGE", "mAx-aGe", " Max-Age "])
+# Max-Age as a server may write it: negative, zero, up to the limit, with leading zeros.
+max_ages = st.integers(-(10**30), MAX_AGE_LIMIT)
+
+
+def _cookie(attributes: list[str]) -> str:
+    return "; ".join(["capsule.sid=s%3Asecret.sig", "Path=/", *attributes, "HttpOnly"])
+
+
+@given(
+    now=nows,
+    max_age=max_ages,
+    zeros=st.integers(0, 3),
+    name=attribute_names,
+    expires=st.none() | http_dates,
+    expires_first=st.booleans(),
+)
+def test_max_age_decides_the_expiry_whatever_expires_says(
+    now: datetime, max_age: int, zeros: int, name: str, expires: str | None, expires_first: bool
+) -> None:
+    written = ("-" if max_age < 0 else "") + "0" * zeros + str(abs(max_age))
+    attributes = [f"{name}={written}"]
+    if expires is not None:
+        attributes.insert(0 if expires_first else 1, f"Expires={expires}")
+    expiry = cookie_expiry(_cookie(attributes), now=now)
+    # Elapsed seconds, counted in UTC: in a zone with DST, ``now + timedelta`` is wall-clock arithmetic.
+    assert expiry == now.astimezone(UTC) + timedelta(seconds=max(max_age, 0))
+    assert expiry is not None and expiry.tzinfo is UTC
+
+
+@given(now=nows, max_age=max_ages, expires=st.none() | http_dates)
+def test_parse_session_expiry_is_now_plus_max_age(now: datetime, max_age: int, expires: str | None) -> None:
+    _, body = make_session(5, now=now)
+    body["sessionCookie"] = _cookie(
+        [f"Max-Age={max_age}", *([] if expires is None else [f"Expires={expires}"])]
+    )
+    if max_age <= 0:
+        try:
+            parse_session(reencode(body), now=now)
+        except SessionExpired:
+            return
+        raise AssertionError("a Max-Age <= 0 must be expired")
+    expires_at = parse_session(reencode(body), now=now).expires_at
+    assert expires_at == now.astimezone(UTC) + timedelta(seconds=max_age)
+
+
+@given(
+    max_age=st.integers(MAX_AGE_LIMIT + 1) | st.integers(min_value=10**18),
+    expires=st.none() | http_dates,
+)
+def test_max_age_over_the_limit_is_refused(max_age: int, expires: str | None) -> None:
+    attributes = [f"Max-Age={max_age}", *([] if expires is None else [f"Expires={expires}"])]
+    try:
+        cookie_expiry(_cookie(attributes), now=NOW)
+    except InvalidSession as exc:
+        assert exc.detail in DETAILS
+        assert str(max_age) not in exc.detail
+    else:
+        raise AssertionError("a Max-Age over ten years must be refused")
+
+
+@given(
+    now=nows,
+    max_lifetime=st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta.max),
+    cookie_expiry_kind=st.sampled_from(["none", "expires", "expired", "max-age"]),
+    max_age=st.integers(1, MAX_AGE_LIMIT),
+    seed=st.integers(0, 2**16),
+)
+def test_max_lifetime_bounds_the_expiry(
+    now: datetime, max_lifetime: timedelta, cookie_expiry_kind: str, max_age: int, seed: int
+) -> None:
+    serialized, body = make_session(
+        seed,
+        now=now,
+        no_expiry=cookie_expiry_kind in ("none", "max-age"),
+        expired=cookie_expiry_kind == "expired",
+        max_age=max_age if cookie_expiry_kind == "max-age" else None,
+    )
+    try:
+        bound = now.astimezone(UTC) + max_lifetime  # elapsed time, not wall-clock time in now's zone
+    except OverflowError:
+        bound = LATEST
+    try:
+        parsed = parse_session(serialized, now=now, max_lifetime=max_lifetime)
+    except SessionExpired:
+        assert cookie_expiry_kind == "expired"
+        return
+    assert cookie_expiry_kind != "expired"
+    assert parsed.expires_at is not None
+    assert now < parsed.expires_at <= bound
+    own = cookie_expiry(body["sessionCookie"], now=now)
+    assert parsed.expires_at == (bound if own is None else min(own, bound))
+    assert parsed.expires_at.tzinfo is UTC

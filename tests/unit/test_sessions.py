@@ -10,12 +10,22 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 
-from tests.sessiongen import make_session, reencode, secret_strings, signer_strings
+from tests.sessiongen import make_session, reencode, refresh_session, secret_strings, signer_strings
 from vault.errors import InvalidSession, SessionExpired
-from vault.sessions import MAX_SESSION_CHARS, ParsedSession, SessionFormat, WalletInfo, parse_session
+from vault.sessions import (
+    MAX_SESSION_CHARS,
+    ParsedSession,
+    SessionFormat,
+    WalletInfo,
+    parse_session,
+    wallet_change,
+)
+from vault.sessions._compare import SIGNERS_REMOVED, WALLETS_CHANGED
+from vault.sessions._cookie import MAX_AGE_LIMIT, cookie_expiry
 
 NOW = datetime(2026, 10, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -38,6 +48,8 @@ FOREIGN_WALLET = "a wallet belongs to a different user"
 NO_COOKIE = "the session has no session cookie"
 BAD_EXPIRES = "the session cookie's Expires is not an HTTP date"
 DUPLICATE_EXPIRES = "the session cookie has more than one Expires attribute"
+BAD_MAX_AGE = "the session cookie's Max-Age is not a whole number of seconds up to ten years"
+DUPLICATE_MAX_AGE = "the session cookie has more than one Max-Age attribute"
 BAD_CURRENT_WALLET_IDS = "the session's currentWalletIds is not an object"
 BAD_EXTERNAL_WALLETS = "the session's externalWallets is not an object"
 
@@ -494,6 +506,46 @@ REJECTIONS: dict[str, tuple[Callable[[], Case], str]] = {
         ),
         DUPLICATE_EXPIRES,
     ),
+    "max-age garbage": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=an hour")), BAD_MAX_AGE),
+    "max-age empty": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=")), BAD_MAX_AGE),
+    "max-age no value": (_edit(lambda b: _set_cookie_expires(b, "Max-Age")), BAD_MAX_AGE),
+    "max-age plus sign": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=+3600")), BAD_MAX_AGE),
+    "max-age lone minus": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=-")), BAD_MAX_AGE),
+    "max-age double minus": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=--5")), BAD_MAX_AGE),
+    "max-age decimal": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=3600.0")), BAD_MAX_AGE),
+    "max-age exponent": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=1e3")), BAD_MAX_AGE),
+    "max-age hex": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=0x10")), BAD_MAX_AGE),
+    "max-age underscore": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=3_600")), BAD_MAX_AGE),
+    "max-age inner space": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=36 00")), BAD_MAX_AGE),
+    "max-age unicode digits": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=\u0663\u0666")), BAD_MAX_AGE),
+    "max-age unicode minus": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=\u22125")), BAD_MAX_AGE),
+    "max-age just over ten years": (
+        _edit(lambda b: _set_cookie_expires(b, f"Max-Age={MAX_AGE_LIMIT + 1}")),
+        BAD_MAX_AGE,
+    ),
+    "max-age huge": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=" + "9" * 5000)), BAD_MAX_AGE),
+    "max-age too large for timedelta": (
+        _edit(lambda b: _set_cookie_expires(b, f"Max-Age={10**18}")),
+        BAD_MAX_AGE,
+    ),
+    "max-age from the generator": (_raw(lambda s, _b: s, max_age="soon"), BAD_MAX_AGE),
+    "max-age twice": (_edit(lambda b: _set_cookie_expires(b, "Max-Age=60; max-age=60")), DUPLICATE_MAX_AGE),
+    "max-age twice, one malformed": (
+        _edit(lambda b: _set_cookie_expires(b, "Max-Age=60; MAX-AGE=x")),
+        DUPLICATE_MAX_AGE,
+    ),
+    "max-age with expires garbage": (
+        _edit(lambda b: _set_cookie_expires(b, "Max-Age=60; Expires=tomorrow-ish")),
+        BAD_EXPIRES,
+    ),
+    "max-age with expires twice": (
+        _edit(
+            lambda b: _set_cookie_expires(
+                b, "Max-Age=60; Expires=Thu, 01 Oct 2026 13:00:00 GMT; expires=Thu, 01 Oct 2026 13:00:00 GMT"
+            )
+        ),
+        DUPLICATE_EXPIRES,
+    ),
     # optional objects
     "currentWalletIds list": (_edit(_set(("currentWalletIds",), [])), BAD_CURRENT_WALLET_IDS),
     "currentWalletIds string": (_edit(_set(("currentWalletIds",), "x")), BAD_CURRENT_WALLET_IDS),
@@ -574,3 +626,410 @@ def test_subjects_are_the_identifying_values_normalised_and_not_in_repr() -> Non
         assert parsed.subjects == (normalize_subject(email), *addresses)
         for subject in parsed.subjects:
             assert subject not in repr(parsed)
+
+
+# --- Max-Age -----------------------------------------------------------------------------------------------
+
+
+def test_max_age_takes_precedence_over_a_later_expires() -> None:
+    serialized, body = _session(max_age=3600)  # Expires says two hours
+    assert "Expires=" in body["sessionCookie"] and "Max-Age=3600" in body["sessionCookie"]
+    expires_at = parse_session(serialized, now=NOW).expires_at
+    assert expires_at == NOW + timedelta(hours=1)
+    assert expires_at is not None and expires_at.tzinfo is UTC
+
+
+def test_max_age_takes_precedence_over_an_earlier_expires() -> None:
+    serialized, _ = _session(max_age=3 * 3600)
+    assert parse_session(serialized, now=NOW).expires_at == NOW + timedelta(hours=3)
+
+
+def test_max_age_takes_precedence_over_an_expired_expires() -> None:
+    serialized, _ = _session(expired=True, max_age=60)
+    assert parse_session(serialized, now=NOW).expires_at == NOW + timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("order", ["max-age first", "expires first"])
+def test_max_age_precedence_does_not_depend_on_order(order: str) -> None:
+    _, body = _session()
+    expires, max_age = "Expires=Thu, 01 Oct 2026 13:00:00 GMT", "Max-Age=7200"
+    _set_cookie_expires(
+        body, f"{max_age}; {expires}" if order == "max-age first" else f"{expires}; {max_age}"
+    )
+    assert parse_session(reencode(body), now=NOW).expires_at == NOW + timedelta(hours=2)
+
+
+def test_max_age_without_expires() -> None:
+    serialized, _ = _session(no_expiry=True, max_age=90)
+    assert parse_session(serialized, now=NOW).expires_at == NOW + timedelta(seconds=90)
+
+
+def test_max_age_counts_from_now_to_the_microsecond() -> None:
+    now = NOW + timedelta(microseconds=123_456)
+    serialized, _ = make_session(7, now=now, max_age=60)
+    assert parse_session(serialized, now=now).expires_at == now + timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("name", ["max-age", "MAX-AGE", "mAx-AgE", " Max-Age "])
+def test_max_age_attribute_name_is_case_insensitive(name: str) -> None:
+    _, body = _session()
+    _set_cookie_expires(body, f"{name}=60")
+    assert parse_session(reencode(body), now=NOW).expires_at == NOW + timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(" 60 ", 60), ("\t60", 60), ("007", 7), ("0" * 50 + "1", 1)])
+def test_max_age_value_whitespace_and_leading_zeros(value: str, seconds: int) -> None:
+    _, body = _session()
+    _set_cookie_expires(body, f"Max-Age={value}")
+    assert parse_session(reencode(body), now=NOW).expires_at == NOW + timedelta(seconds=seconds)
+
+
+def test_max_age_of_ten_years_is_accepted() -> None:
+    serialized, _ = _session(max_age=MAX_AGE_LIMIT)
+    assert MAX_AGE_LIMIT == 10 * 365 * 24 * 3600
+    assert parse_session(serialized, now=NOW).expires_at == NOW + timedelta(seconds=MAX_AGE_LIMIT)
+
+
+@pytest.mark.parametrize("max_age", ["0", "000", "-0", "-1", "-7200", "-" + "9" * 5000])
+def test_max_age_zero_or_negative_is_expired(max_age: str) -> None:
+    serialized, body = _session(max_age=max_age)  # the cookie's Expires is still two hours away
+    with pytest.raises(SessionExpired) as info:
+        parse_session(serialized, now=NOW)
+    _assert_no_leak(info.value, secret_strings(body))
+
+
+def test_max_age_zero_is_expired_even_with_max_lifetime() -> None:
+    serialized, _ = _session(max_age=0)
+    with pytest.raises(SessionExpired):
+        parse_session(serialized, now=NOW, max_lifetime=timedelta(hours=1))
+
+
+def test_max_age_boundary() -> None:
+    serialized, _ = make_session(7, now=NOW, max_age=1)
+    assert parse_session(serialized, now=NOW).expires_at == NOW + timedelta(seconds=1)
+
+
+def test_max_age_in_the_cookie_value_is_not_an_attribute() -> None:
+    _, body = _session()
+    for cookie in ("Max-Age=0; Path=/", "max-age=garbage; Path=/", "Max-Age=1; Max-Age=2"):
+        body["sessionCookie"] = cookie
+        expected = NOW + timedelta(seconds=2) if cookie.endswith("2") else None
+        assert parse_session(reencode(body), now=NOW).expires_at == expected
+
+
+def test_similar_attribute_names_are_not_max_age() -> None:
+    _, body = _session()
+    _set_cookie_expires(body, "MaxAge=0; Max_Age=0; X-Max-Age=0; Max-Ages=0")
+    assert parse_session(reencode(body), now=NOW).expires_at is None
+
+
+def test_cookie_expiry_directly() -> None:
+    cookie = "c=1; Expires=Thu, 01 Oct 2026 13:00:00 GMT"
+    assert cookie_expiry(cookie, now=NOW) == NOW + timedelta(hours=1)
+    assert cookie_expiry("c=1; Path=/", now=NOW) is None
+    assert cookie_expiry("c=1", now=NOW) is None
+    assert cookie_expiry(cookie + "; Max-Age=0", now=NOW) == NOW
+    assert cookie_expiry(cookie + "; Max-Age=-5", now=NOW) == NOW
+
+
+def test_cookie_expiry_is_utc_for_a_now_in_another_zone() -> None:
+    now = NOW.astimezone(timezone(timedelta(hours=9)))
+    expiry = cookie_expiry("c=1; Max-Age=60", now=now)
+    assert expiry == NOW + timedelta(minutes=1)
+    assert expiry is not None and expiry.tzinfo is UTC
+    assert cookie_expiry("c=1; Max-Age=-60", now=now) == NOW
+    zero = cookie_expiry("c=1; Max-Age=0", now=now)
+    assert zero is not None and zero.tzinfo is UTC
+
+
+def _new_york() -> ZoneInfo:
+    try:
+        return ZoneInfo("America/New_York")
+    except ZoneInfoNotFoundError:
+        pytest.skip("no time zone database")
+
+
+def test_max_age_and_max_lifetime_count_elapsed_time_across_a_dst_change() -> None:
+    # 2026-11-01 01:30 EDT (05:30 UTC); at 02:00 EDT the clocks fall back to 01:00 EST.
+    now = datetime(2026, 11, 1, 1, 30, tzinfo=_new_york())
+    assert now.utcoffset() == timedelta(hours=-4)
+    two_hours = datetime(2026, 11, 1, 7, 30, tzinfo=UTC)
+    assert now + timedelta(hours=2) != two_hours  # Python's wall-clock arithmetic: 03:30 EST, 3 h later
+    assert cookie_expiry("c=1; Max-Age=7200", now=now) == two_hours
+    serialized, _ = make_session(7, now=now, no_expiry=True)
+    assert parse_session(serialized, now=now, max_lifetime=timedelta(hours=2)).expires_at == two_hours
+
+
+def test_cookie_expiry_needs_an_aware_now() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        cookie_expiry("c=1; Max-Age=60", now=NOW.replace(tzinfo=None))
+
+
+def test_cookie_expiry_near_the_end_of_time_does_not_overflow() -> None:
+    late = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+    assert cookie_expiry(f"c=1; Max-Age={MAX_AGE_LIMIT}", now=late) == datetime.max.replace(tzinfo=UTC)
+    # An aware now that is past datetime.max once in UTC.
+    west = datetime.max.replace(tzinfo=timezone(timedelta(hours=-5)))
+    assert cookie_expiry("c=1; Max-Age=1", now=west) == datetime.max.replace(tzinfo=UTC)
+
+
+# --- max_lifetime ------------------------------------------------------------------------------------------
+
+
+def test_max_lifetime_caps_a_later_cookie_expiry() -> None:
+    serialized, _ = _session()  # two hours
+    assert parse_session(serialized, now=NOW, max_lifetime=timedelta(hours=1)).expires_at == NOW + timedelta(
+        hours=1
+    )
+
+
+def test_max_lifetime_keeps_an_earlier_cookie_expiry() -> None:
+    serialized, _ = _session()
+    parsed = parse_session(serialized, now=NOW, max_lifetime=timedelta(hours=3))
+    assert parsed.expires_at == NOW + timedelta(hours=2)
+
+
+def test_max_lifetime_equal_to_the_cookie_expiry() -> None:
+    serialized, _ = _session()
+    parsed = parse_session(serialized, now=NOW, max_lifetime=timedelta(hours=2))
+    assert parsed.expires_at == NOW + timedelta(hours=2)
+
+
+def test_max_lifetime_caps_max_age() -> None:
+    serialized, _ = _session(max_age=MAX_AGE_LIMIT)
+    parsed = parse_session(serialized, now=NOW, max_lifetime=timedelta(days=30))
+    assert parsed.expires_at == NOW + timedelta(days=30)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_max_lifetime_gives_a_cookie_without_expiry_one(legacy: bool) -> None:
+    serialized, _ = _session(no_expiry=True, legacy=legacy)
+    parsed = parse_session(serialized, now=NOW, max_lifetime=timedelta(minutes=45))
+    assert parsed.expires_at == NOW + timedelta(minutes=45)
+    assert parsed.expires_at is not None and parsed.expires_at.tzinfo is UTC
+
+
+def test_max_lifetime_counts_from_now_in_utc() -> None:
+    serialized, _ = _session(no_expiry=True)
+    now = (NOW + timedelta(microseconds=5)).astimezone(timezone(timedelta(hours=-3)))
+    parsed = parse_session(serialized, now=now, max_lifetime=timedelta(minutes=1))
+    assert parsed.expires_at == NOW + timedelta(minutes=1, microseconds=5)
+    assert parsed.expires_at is not None and parsed.expires_at.tzinfo is UTC
+
+
+def test_without_max_lifetime_a_cookie_without_expiry_still_gives_none() -> None:
+    serialized, _ = _session(no_expiry=True)
+    assert parse_session(serialized, now=NOW, max_lifetime=None).expires_at is None
+
+
+def test_max_lifetime_does_not_revive_an_expired_cookie() -> None:
+    serialized, _ = _session(expired=True)
+    with pytest.raises(SessionExpired):
+        parse_session(serialized, now=NOW, max_lifetime=timedelta(hours=1))
+
+
+def test_max_lifetime_does_not_hide_an_invalid_session() -> None:
+    _, body = _session(no_expiry=True)
+    body["userId"] = "not/valid"
+    with pytest.raises(InvalidSession) as info:
+        parse_session(reencode(body), now=NOW, max_lifetime=timedelta(hours=1))
+    assert type(info.value) is InvalidSession and info.value.detail == BAD_USER_ID
+
+
+@pytest.mark.parametrize("max_lifetime", [timedelta(0), timedelta(microseconds=-1), timedelta(days=-1)])
+def test_max_lifetime_must_be_positive(max_lifetime: timedelta) -> None:
+    serialized, _ = _session()
+    with pytest.raises(ValueError, match="max_lifetime must be positive"):
+        parse_session(serialized, now=NOW, max_lifetime=max_lifetime)
+
+
+def test_huge_max_lifetime_does_not_overflow() -> None:
+    serialized, _ = _session()
+    assert parse_session(serialized, now=NOW, max_lifetime=timedelta.max).expires_at == NOW + timedelta(
+        hours=2
+    )
+    serialized, _ = _session(no_expiry=True)
+    expires_at = parse_session(serialized, now=NOW, max_lifetime=timedelta.max).expires_at
+    assert expires_at == datetime.max.replace(tzinfo=UTC)
+
+
+# --- wallet_change -----------------------------------------------------------------------------------------
+
+
+def _parsed(body: dict[str, Any]) -> ParsedSession:
+    return parse_session(reencode(body), now=NOW)
+
+
+def test_wallet_change_reasons_are_fixed() -> None:
+    assert WALLETS_CHANGED == "the refreshed session changes the session's wallet ids"
+    assert SIGNERS_REMOVED == "the refreshed session removes a wallet's signer"
+
+
+def test_same_session_is_no_wallet_change() -> None:
+    serialized, _ = _session()
+    parsed = parse_session(serialized, now=NOW)
+    assert wallet_change(parsed, parsed) is None
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_refreshed_session_with_the_same_wallets_is_no_change(legacy: bool) -> None:
+    _, body = _session(legacy=legacy)
+    refreshed, refreshed_body = refresh_session(body, 99, now=NOW + timedelta(hours=1))
+    assert refreshed_body["sessionCookie"] != body["sessionCookie"]
+    assert wallet_change(_parsed(body), parse_session(refreshed, now=NOW)) is None
+
+
+def test_wallet_order_does_not_matter() -> None:
+    _, body = _session()
+    reordered = copy.deepcopy(body)
+    reordered["wallets"] = dict(reversed(list(body["wallets"].items())))
+    old, new = _parsed(body), _parsed(reordered)
+    assert [w.id for w in old.wallets] == [w.id for w in reversed(new.wallets)]
+    assert wallet_change(old, new) is None
+
+
+def test_added_wallet_is_a_change() -> None:
+    _, body = _session()
+    grown = copy.deepcopy(body)
+    template = _first_wallet(grown)
+    grown["wallets"]["extra"] = {**template, "id": "extra"}
+    assert wallet_change(_parsed(body), _parsed(grown)) == WALLETS_CHANGED
+
+
+def test_removed_wallet_is_a_change() -> None:
+    _, body = _session()
+    shrunk = copy.deepcopy(body)
+    del shrunk["wallets"][next(iter(shrunk["wallets"]))]
+    assert wallet_change(_parsed(body), _parsed(shrunk)) == WALLETS_CHANGED
+
+
+def test_replaced_wallet_is_a_change() -> None:
+    _, body = _session()
+    replaced = copy.deepcopy(body)
+    wallets = replaced["wallets"]
+    first = next(iter(wallets))
+    wallets["other"] = {**wallets.pop(first), "id": "other"}
+    assert len(replaced["wallets"]) == len(body["wallets"])
+    assert wallet_change(_parsed(body), _parsed(replaced)) == WALLETS_CHANGED
+
+
+def test_wallet_ids_compare_exactly() -> None:
+    _, body = _session(signers=False)
+    template = _first_wallet(body)
+    lower, upper = copy.deepcopy(body), copy.deepcopy(body)
+    lower["wallets"] = {"w1": {**template, "id": "w1"}}
+    upper["wallets"] = {"W1": {**template, "id": "W1"}}
+    assert wallet_change(_parsed(lower), _parsed(upper)) == WALLETS_CHANGED
+
+
+def test_another_users_session_with_other_wallets_is_a_change() -> None:
+    first, _ = _session(seed=1)
+    second, _ = _session(seed=2)
+    assert wallet_change(parse_session(first, now=NOW), parse_session(second, now=NOW)) == WALLETS_CHANGED
+
+
+def test_empty_wallets_to_empty_wallets_is_no_change() -> None:
+    body = {"email": "a@example.com", "userId": "u1", "wallets": {}, "sessionCookie": "c=1"}
+    assert wallet_change(_parsed(body), _parsed(body)) is None
+
+
+def test_exclude_signers_refresh_removes_signers() -> None:
+    _, body = _session()
+    refreshed, _ = refresh_session(body, 99, signers=False, now=NOW)
+    new = parse_session(refreshed, now=NOW)
+    assert new.has_signers is False
+    assert wallet_change(_parsed(body), new) == SIGNERS_REMOVED
+
+
+def test_removing_one_signer_is_a_change() -> None:
+    _, body = _session()
+    one_fewer = copy.deepcopy(body)
+    del _first_wallet(one_fewer)["signer"]
+    assert _parsed(one_fewer).has_signers is True
+    assert wallet_change(_parsed(body), _parsed(one_fewer)) == SIGNERS_REMOVED
+
+
+@pytest.mark.parametrize("empty", [None, ""])
+def test_emptied_signer_is_removed(empty: str | None) -> None:
+    _, body = _session()
+    emptied = copy.deepcopy(body)
+    _first_wallet(emptied)["signer"] = empty
+    assert wallet_change(_parsed(body), _parsed(emptied)) == SIGNERS_REMOVED
+
+
+def test_adding_signers_is_allowed() -> None:
+    _, body = _session()
+    without, _ = refresh_session(body, 98, signers=False, now=NOW)
+    assert wallet_change(parse_session(without, now=NOW), _parsed(body)) is None
+
+
+def test_changed_signer_is_allowed() -> None:
+    _, body = _session()
+    rotated = copy.deepcopy(body)
+    _first_wallet(rotated)["signer"] = "bmV3IHNoYXJl"
+    assert wallet_change(_parsed(body), _parsed(rotated)) is None
+
+
+def test_no_signers_to_no_signers_is_no_change() -> None:
+    _, body = _session(signers=False)
+    refreshed, _ = refresh_session(body, 97, signers=False, now=NOW)
+    assert wallet_change(_parsed(body), parse_session(refreshed, now=NOW)) is None
+
+
+def test_changed_wallets_win_over_removed_signers() -> None:
+    _, body = _session()
+    changed = copy.deepcopy(body)
+    for wallet in changed["wallets"].values():
+        del wallet["signer"]
+    changed["wallets"]["extra"] = {**_first_wallet(changed), "id": "extra"}
+    assert wallet_change(_parsed(body), _parsed(changed)) == WALLETS_CHANGED
+
+
+def test_wallet_change_reason_names_no_wallet() -> None:
+    _, body = _session()
+    shrunk = copy.deepcopy(body)
+    del shrunk["wallets"][next(iter(shrunk["wallets"]))]
+    reasons = [
+        wallet_change(_parsed(body), _parsed(shrunk)),
+        wallet_change(
+            _parsed(body), parse_session(refresh_session(body, 1, signers=False, now=NOW)[0], now=NOW)
+        ),
+    ]
+    for reason in reasons:
+        assert reason in (WALLETS_CHANGED, SIGNERS_REMOVED)
+        for wallet_id in body["wallets"]:
+            assert wallet_id not in reason
+        for secret in secret_strings(body):
+            assert secret not in reason
+
+
+# --- the generator's Max-Age and refresh -------------------------------------------------------------------
+
+
+def test_generator_max_age_changes_only_the_cookie_attributes() -> None:
+    _, plain = make_session(3, now=NOW)
+    _, with_max_age = make_session(3, now=NOW, max_age=120)
+    assert "max-age" not in plain["sessionCookie"].lower()
+    assert with_max_age["sessionCookie"] == plain["sessionCookie"].replace(
+        "; HttpOnly", "; Max-Age=120; HttpOnly", 1
+    )
+    assert {k: v for k, v in with_max_age.items() if k != "sessionCookie"} == {
+        k: v for k, v in plain.items() if k != "sessionCookie"
+    }
+
+
+def test_refresh_session_keeps_everything_but_the_cookie() -> None:
+    _, body = _session()
+    original = copy.deepcopy(body)
+    serialized, refreshed = refresh_session(body, 5, now=NOW + timedelta(hours=1), max_age=60)
+    assert body == original
+    assert refresh_session(body, 5, now=NOW) == refresh_session(body, 5, now=NOW)
+    assert {k: v for k, v in refreshed.items() if k != "sessionCookie"} == {
+        k: v for k, v in body.items() if k != "sessionCookie"
+    }
+    assert refreshed["sessionCookie"].split(";", 1)[0] != body["sessionCookie"].split(";", 1)[0]
+    assert "Max-Age=60" in refreshed["sessionCookie"]
+    assert reencode(refreshed) == serialized
+    _, stripped = refresh_session(body, 5, signers=False, now=NOW, no_expiry=True)
+    assert signer_strings(stripped) == []
+    assert "expires" not in stripped["sessionCookie"].lower()

@@ -11,6 +11,7 @@ EXPECTED = {
     "WalletInfo",
     "normalize_subject",
     "parse_session",
+    "wallet_change",
 }
 
 
@@ -26,3 +27,9 @@ def test_every_exported_name_exists() -> None:
 
 def test_max_session_chars() -> None:
     assert vault.sessions.MAX_SESSION_CHARS == 64 * 1024
+
+
+def test_wallet_change_is_the_comparison_function() -> None:
+    from vault.sessions._compare import wallet_change
+
+    assert vault.sessions.wallet_change is wallet_change

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 
 from vault import errors as e
 from vault.api._audit import router as audit_router
@@ -19,7 +19,7 @@ from vault.api._errors import document_common_errors, install_error_handlers, re
 from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
 from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
-from vault.service import Role, Vault, create_token, list_tokens, revoke_token
+from vault.service import TOKEN_ID_PATTERN, Role, Vault, create_token, list_tokens, revoke_token
 from vault.settings import Settings
 
 __all__ = ["create_internal_app", "create_public_app"]
@@ -64,6 +64,7 @@ def create_public_app(settings: Settings, *, vault: Vault | None = None) -> Fast
         redoc_url=None,
         openapi_url=None,
         lifespan=_lifespan(settings, vault),
+        redirect_slashes=False,  # a redirect would reflect the client's Host header; unknown paths are 404
     )
 
     @app.post(
@@ -86,6 +87,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         title="Session Vault (internal API)",
         version="0.1.0",
         lifespan=_lifespan(settings, vault),
+        redirect_slashes=False,
     )
 
     app.include_router(leases_router)
@@ -125,7 +127,8 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         responses=responses_for(e.InvalidRequest, e.UnsupportedMediaType, *_AUTH),
     )
     async def new_token(request: Request, vault: VaultDep, ctx: AdminCtx) -> TokenCreated:
-        """Create a service credential (role ``admin``). The token is in this response only."""
+        """Create an ``ingest`` or ``auditor`` credential (role ``admin``). The token is in this response
+        only. ``signer`` and ``admin`` tokens are created with the CLI only (403 ``forbidden``, audited)."""
         body = await read_json(request, NewToken)
         token, info = await create_token(
             vault.store,
@@ -135,8 +138,6 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
             name=body.name,
             now=vault.clock(),
             expires_in=body.expires_in,
-            purposes=None if body.purposes is None else tuple(body.purposes),
-            max_ttl_seconds=body.max_ttl_seconds,
         )
         return TokenCreated.model_validate({**TokenView.of(info).model_dump(), "token": token})
 
@@ -151,7 +152,9 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         tags=["admin"],
         responses=responses_for(e.NotFound, *_AUTH),
     )
-    async def delete_token(token_id: str, vault: VaultDep, ctx: AdminCtx) -> Response:
+    async def delete_token(
+        token_id: Annotated[str, Path(pattern=TOKEN_ID_PATTERN)], vault: VaultDep, ctx: AdminCtx
+    ) -> Response:
         """Revoke a service credential (role ``admin``); it stops working at once."""
         await revoke_token(vault.store, vault.auditor, ctx, token_id, now=vault.clock())
         return Response(status_code=204)

@@ -9,15 +9,21 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from vault import errors as e
 from vault.api._deps import AuditorCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import responses_for
 from vault.audit import Checkpoint, Event
 from vault.errors import InvalidRequest
-from vault.service import events_page
-from vault.sessions import normalize_subject
+from vault.service import (
+    ACTION_PATTERN,
+    INT64_MAX,
+    OUTCOME_PATTERN,
+    TOKEN_ID_PATTERN,
+    USER_ID_PATTERN,
+    events_page,
+)
 from vault.store import AuditFilter
 
 __all__ = ["router"]
@@ -43,7 +49,11 @@ class PublicKeyView(BaseModel):
 
 
 class HashRequest(BaseModel):
-    value: str = Field(description="An email, phone number or wallet address you already know.")
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(
+        min_length=1, max_length=512, description="An email, phone number or wallet address you already know."
+    )
 
 
 class HashView(BaseModel):
@@ -61,7 +71,7 @@ def _us(moment: datetime | None) -> int | None:
 def _cursor(cursor: str | None) -> int:
     if cursor is None:
         return 0
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > INT64_MAX:
         raise InvalidRequest("cursor is not one this API returned")
     return int(cursor)
 
@@ -78,16 +88,16 @@ def _event_view(event: Event) -> dict[str, Any]:
 async def audit_events(
     vault: VaultDep,
     ctx: AuditorCtx,
-    user_id: str | None = None,
-    actor: Annotated[str | None, Query(description="A token id.")] = None,
-    action: str | None = None,
-    outcome: str | None = None,
+    user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
+    actor: Annotated[str | None, Query(pattern=TOKEN_ID_PATTERN, description="A token id.")] = None,
+    action: Annotated[str | None, Query(pattern=ACTION_PATTERN, description="e.g. `lease.grant`.")] = None,
+    outcome: Annotated[str | None, Query(pattern=OUTCOME_PATTERN)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     subject: Annotated[
         str | None, Query(pattern="^[0-9a-f]{32}$", description="From POST /v1/audit/hash.")
     ] = None,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(pattern="^[0-9]{1,19}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPage:
     """Events oldest first, filtered; cursor pagination. Sealed events carry `seq` and `hash`."""
@@ -104,7 +114,7 @@ async def audit_events(
 async def audit_checkpoints(
     vault: VaultDep,
     ctx: AuditorCtx,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(pattern="^[0-9]{1,19}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CheckpointPage:
     """Signed checkpoints, oldest first."""
@@ -126,13 +136,11 @@ async def audit_public_key(vault: VaultDep, _ctx: AuditorCtx) -> PublicKeyView:
     "/v1/audit/hash",
     response_model=HashView,
     openapi_extra=json_body_schema(HashRequest),
-    responses={**_ERRORS, **responses_for(e.UnsupportedMediaType)},
+    responses={**_ERRORS, **responses_for(e.UnsupportedMediaType, e.RateLimited)},
 )
 async def audit_hash(request: Request, vault: VaultDep, ctx: AuditorCtx) -> HashView:
-    """The keyed hash under which the log stores a value (like OpenBao's audit-hash). Not logged."""
+    """The keyed hash under which the log stores a value (like OpenBao's audit-hash). The value is not
+    logged. At most ``VAULT_AUDIT_HASH_RATE_LIMIT`` per token (default 30/minute, per vault process):
+    past it, 429 ``rate_limited`` with ``Retry-After``."""
     body = await read_json(request, HashRequest)
-    if not body.value.strip() or len(body.value) > 512:
-        raise InvalidRequest("value must be 1-512 characters")
-    async with vault.store.transaction() as tx:
-        await tx.insert_audit(vault.auditor.record(ctx, "audit.hash", "ok"))
-    return HashView(hmac=vault.audit_keys.subject(normalize_subject(body.value)))
+    return HashView(hmac=await vault.audit_hash(ctx, body.value))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from vault._http import source_address
 from vault.errors import InvalidRequest, UnsupportedMediaType
 from vault.service import Context, Role, Vault
 
@@ -44,7 +45,7 @@ async def request_context(request: Request) -> Context:
     a new one) and source address."""
     given = request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
-    source = request.client.host if request.client is not None else None
+    source = source_address(request.client.host) if request.client is not None else None
     return Context(request_id=request_id, source=source)
 
 
@@ -57,7 +58,9 @@ def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Context]]:
         ctx = await request_context(request)
         bearer = token.strip() if scheme.lower() == "bearer" else None
         principal = await vault.authenticate(bearer, role, ctx)
-        return dataclasses.replace(ctx, principal=principal)
+        authenticated = dataclasses.replace(ctx, principal=principal)
+        request.state.ctx = authenticated  # the error handlers audit refusals of authenticated requests
+        return authenticated
 
     return dependency
 
@@ -75,8 +78,24 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in out:
             raise InvalidRequest("the body has duplicate keys")
+        if not (_encodable(key) and _encodable(value)):
+            raise InvalidRequest("the body holds a string that is not valid Unicode (a lone surrogate)")
         out[key] = value
     return out
+
+
+def _encodable(value: object) -> bool:
+    """JSON's \\uD800 escapes decode to lone surrogates, which no database or UTF-8 encoder takes.
+    (Objects nested in ``value`` were checked when they were decoded: this hook runs for each.)"""
+    if isinstance(value, list):
+        return all(_encodable(item) for item in value)
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def read_json(request: Request, model: type[M]) -> M:

@@ -37,6 +37,8 @@ _STATUS: dict[type[e.VaultError], int] = {
     e.SessionGone: 410,
     e.LeaseHeld: 409,
     e.LeaseLost: 409,
+    e.RateLimited: 429,
+    e.AuditChainBroken: 503,
     e.AuditUnavailable: 503,
     e.InvalidSession: 422,
     e.Unauthorized: 401,
@@ -83,12 +85,32 @@ def responses_for(*exc_types: type[e.VaultError]) -> dict[int | str, dict[str, A
     return out
 
 
-async def _vault_error(_request: Request, exc: Exception) -> JSONResponse:
+# Refusals of malformed input happen before any service acts, so no service audits them: the handler
+# does, for requests that authenticated (unauthenticated junk is refused without a row per request).
+_AUDITED_HERE = (e.InvalidRequest, e.UnsupportedMediaType)
+
+
+async def _audit_refusal(request: Request, error: e.VaultError) -> JSONResponse | None:
+    """Audit ``error`` if the request authenticated; the error's own answer, or the audit failure's."""
+    ctx = getattr(request.state, "ctx", None)
+    if ctx is None or ctx.principal is None:
+        return None
+    route = getattr(request.scope.get("route"), "path", "?")
+    try:
+        await request.app.state.vault.refused(ctx, error, f"{request.method} {route}")
+    except e.VaultError as failure:  # the refusal could not be recorded: say so (fail-closed)
+        return await _vault_error(request, failure)
+    return None
+
+
+async def _vault_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, e.VaultError)
+    if isinstance(exc, _AUDITED_HERE) and (failed := await _audit_refusal(request, exc)) is not None:
+        return failed
     status = status_of(type(exc))
     if status >= 500:
         log.warning("request failed: %s", exc.code)
-    if isinstance(exc, e.LeaseHeld):
+    if isinstance(exc, (e.LeaseHeld, e.RateLimited)):
         return JSONResponse(
             {"error": exc.code, "detail": exc.detail, "retry_after": exc.retry_after},
             status_code=status,
@@ -97,11 +119,12 @@ async def _vault_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.code, exc.detail, status)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Name the fields only: pydantic's messages can quote the input.
     fields = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
-    return error_response("invalid_request", "invalid field(s): " + ", ".join(fields), 422)
+    error = e.InvalidRequest("invalid field(s): " + ", ".join(fields))
+    return await _vault_error(request, error)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

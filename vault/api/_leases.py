@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 
 from vault import errors as e
 from vault.api._deps import SignerCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import responses_for
 from vault.api._models import LeaseGranted, LeaseRequest, Released, ReleaseRequest, Renewed, RenewRequest
-from vault.service import Grant
+from vault.service import USER_ID_PATTERN, UUID_PATTERN, Grant
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["leases"])
+
+UserId = Annotated[str, Path(pattern=USER_ID_PATTERN, description="The user id the sessions carry.")]
+SessionId = Annotated[str, Path(pattern=UUID_PATTERN, description="A session id (a lowercase UUID).")]
+LeaseId = Annotated[str, Path(pattern=UUID_PATTERN, description="A lease id (a lowercase UUID).")]
 
 _AUTH = (e.Unauthorized, e.Forbidden)
 _GRANT_ERRORS = responses_for(
@@ -49,11 +55,14 @@ def _granted(grant: Grant, response: Response) -> LeaseGranted:
     responses=_GRANT_ERRORS,
 )
 async def lease_user(
-    user_id: str, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
+    user_id: UserId, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
 ) -> LeaseGranted:
     """Lease the user's newest usable session. 409 ``lease_held`` carries ``retry_after`` (seconds)."""
     body = await read_json(request, LeaseRequest)
-    grant = await vault.leases.grant(ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id)
+    grant = await vault.leases.grant(
+        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id,
+        allow_wallet_changes=body.allow_wallet_changes,
+    )  # fmt: skip
     return _granted(grant, response)
 
 
@@ -65,7 +74,7 @@ async def lease_user(
     responses=_GRANT_ERRORS,
 )
 async def lease_session(
-    session_id: str, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
+    session_id: SessionId, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
 ) -> LeaseGranted:
     """Lease one session by id."""
     body = await read_json(request, LeaseRequest)
@@ -74,6 +83,7 @@ async def lease_session(
         purpose=body.purpose,
         ttl_seconds=body.ttl_seconds,
         session_id=session_id,
+        allow_wallet_changes=body.allow_wallet_changes,
     )
     return _granted(grant, response)
 
@@ -84,7 +94,7 @@ async def lease_session(
     openapi_extra=json_body_schema(RenewRequest),
     responses=responses_for(*_HOLDER_ERRORS),
 )
-async def renew(lease_id: str, request: Request, vault: VaultDep, ctx: SignerCtx) -> Renewed:
+async def renew(lease_id: LeaseId, request: Request, vault: VaultDep, ctx: SignerCtx) -> Renewed:
     """Extend the lease by its TTL from now. Only its holder, with the newest fencing token."""
     body = await read_json(request, RenewRequest)
     renewal = await vault.leases.renew(ctx, lease_id, fencing_token=body.fencing_token)
@@ -97,7 +107,7 @@ async def renew(lease_id: str, request: Request, vault: VaultDep, ctx: SignerCtx
     openapi_extra=json_body_schema(ReleaseRequest),
     responses=responses_for(*_HOLDER_ERRORS, e.InvalidSession, e.SessionExpired, e.TooLarge),
 )
-async def release(lease_id: str, request: Request, vault: VaultDep, ctx: SignerCtx) -> Released:
+async def release(lease_id: LeaseId, request: Request, vault: VaultDep, ctx: SignerCtx) -> Released:
     """End the lease; a ``session`` given here is stored as the session's next version (write-back)."""
     body = await read_json(request, ReleaseRequest)
     await vault.leases.release(ctx, lease_id, fencing_token=body.fencing_token, session=body.session)

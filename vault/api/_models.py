@@ -5,9 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from vault.service import IngestResult, TokenInfo
+from vault.service import (
+    INT64_MAX,
+    MAX_EXPIRES_IN,
+    MAX_SESSION_CHARS,
+    NAME_PATTERN,
+    PURPOSE_PATTERN,
+    IngestResult,
+    TokenInfo,
+)
+from vault.settings import MAX_LEASE_TTL
+
+
+class _Request(BaseModel):
+    """A request body: unknown fields are refused (422), never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
 
 __all__ = [
     "ImportSession",
@@ -25,9 +41,13 @@ __all__ = [
 
 
 class ImportSession(BaseModel):
-    """Exactly what Para's client snippet posts: ``{"session": await para.exportSession()}``."""
+    """What Para's client snippet posts: ``{"session": await para.exportSession()}``. Other fields (an app
+    may add its own) are ignored, unlike every other body: this one is the SDK's contract, not ours."""
 
-    session: str = Field(description="The serialized (base64 JSON) session, as exported by the Para SDK.")
+    session: str = Field(
+        max_length=MAX_SESSION_CHARS,
+        description="The serialized (base64 JSON) session, as exported by the Para SDK.",
+    )
 
 
 class ImportedSession(BaseModel):
@@ -35,7 +55,10 @@ class ImportedSession(BaseModel):
     user_id: str
     format: Literal["para", "capsule"]
     has_signers: bool
-    expires_at: datetime | None = Field(description="The cookie's Expires, ISO 8601 UTC; null if none.")
+    expires_at: datetime | None = Field(
+        description="When the stored session expires, ISO 8601 UTC: the cookie's Max-Age or Expires, and "
+        "never later than the vault's maximum lifetime (VAULT_SESSION_MAX_LIFETIME_SECONDS) after ingest."
+    )
 
     @classmethod
     def of(cls, result: IngestResult) -> ImportedSession:
@@ -50,12 +73,14 @@ class ImportedSession(BaseModel):
         )
 
 
-class NewToken(BaseModel):
-    role: Literal["ingest", "signer", "auditor", "admin"]
-    name: str
-    expires_in: int | None = Field(default=None, description="Seconds until the token expires.")
-    purposes: list[str] | None = Field(default=None, description="Signer tokens: purposes it may name.")
-    max_ttl_seconds: int | None = Field(default=None, description="Signer tokens: longest lease it may take.")
+class NewToken(_Request):
+    role: Literal["ingest", "auditor"] = Field(
+        description="`signer` and `admin` tokens are created with the CLI only (`session-vault token create`)"
+    )
+    name: str = Field(pattern=NAME_PATTERN, description="1-128 letters, digits, spaces or `._:@/-`.")
+    expires_in: int | None = Field(
+        default=None, ge=1, le=MAX_EXPIRES_IN, description="Seconds until the token expires."
+    )
 
 
 class TokenView(BaseModel):
@@ -88,12 +113,21 @@ class TokenCreated(TokenView):
     token: str = Field(description="The bearer token. Shown once; the vault keeps only its hash.")
 
 
-class LeaseRequest(BaseModel):
-    purpose: str = Field(description="Why the session is needed (1-64 of A-Z a-z 0-9 . _ : -); audited.")
+class LeaseRequest(_Request):
+    purpose: str = Field(
+        pattern=PURPOSE_PATTERN, description="Why the session is needed (1-64 of A-Z a-z 0-9 ._:-); audited."
+    )
     ttl_seconds: int | None = Field(
         default=None,
+        ge=1,
+        le=MAX_LEASE_TTL,
         description="Lease length in seconds, 1 to the vault's and the token's maximum; "
         "default 30, or that maximum if lower.",
+    )
+    allow_wallet_changes: bool = Field(
+        default=False,
+        description="Allow this lease's write-back to change the session's wallet ids or drop a signer "
+        "(refused otherwise); audited.",
     )
 
 
@@ -106,8 +140,11 @@ class LeaseGranted(BaseModel):
     session: str = Field(description="The decrypted serialized session. Returned once, only here.")
 
 
-class RenewRequest(BaseModel):
-    fencing_token: int
+FencingToken = Field(ge=1, le=INT64_MAX, description="The lease's fencing token, as granted.")
+
+
+class RenewRequest(_Request):
+    fencing_token: int = FencingToken
 
 
 class Renewed(BaseModel):
@@ -115,10 +152,12 @@ class Renewed(BaseModel):
     expires_at: datetime
 
 
-class ReleaseRequest(BaseModel):
-    fencing_token: int
+class ReleaseRequest(_Request):
+    fencing_token: int = FencingToken
     session: str | None = Field(
-        default=None, description="The refreshed session, stored as the session's next version."
+        default=None,
+        max_length=MAX_SESSION_CHARS,
+        description="The refreshed session, stored as the session's next version.",
     )
 
 

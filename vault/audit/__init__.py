@@ -9,6 +9,7 @@ from vault.audit._chain import (
     GENESIS,
     Checkpoint,
     Event,
+    chain_state_payload,
     checkpoint_hash,
     checkpoint_payload,
     content_bytes,
@@ -17,17 +18,21 @@ from vault.audit._chain import (
     link,
 )
 from vault.audit._keys import AuditKeys, PublicKey, subject_hmac
-from vault.audit._verify import Problem, Report, verify
+from vault.audit._verify import DEFAULT_GRACE_US, DEFAULT_SKEW_US, MacChecker, Problem, Report, verify
 
 __all__ = [
     "CONTENT_FIELDS",
+    "DEFAULT_GRACE_US",
+    "DEFAULT_SKEW_US",
     "GENESIS",
     "AuditKeys",
     "Checkpoint",
     "Event",
+    "MacChecker",
     "Problem",
     "PublicKey",
     "Report",
+    "chain_state_payload",
     "checkpoint_hash",
     "checkpoint_payload",
     "content_bytes",

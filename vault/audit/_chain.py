@@ -2,12 +2,16 @@
 
 An event's *content* is every field but its id, sequence number and hashes, as canonical JSON. The
 vault MACs the content when it writes the event (so a row inserted behind its back is never sealed),
-and a sealing step later gives each event the next sequence number and the chain hash
+and a sealing step later gives each event the next sequence number and the chain hash. The content
+includes ``uid``, 128 random bits per event, so a copy of a genuine row is a duplicate, not a new event
+(events written before uids existed have none, and their content is the format-1 field list).
 
     hash(seq) = SHA-256("sv-audit-chain-1" || hash(seq - 1) || seq || id || SHA-256(content))
 
-with 32 zero bytes before the first. Checkpoints sign (with Ed25519) the chain head at a moment and the
-previous checkpoint's hash, so a cut tail or a rewritten chain is visible to anyone with the public key.
+with 32 zero bytes before the first. Checkpoints sign (with Ed25519) the chain head at a moment, the
+highest event id the sealer had seen (``max_id``: an unsealed event below it was refused, or had not
+committed yet) and the previous checkpoint's hash, so a cut tail or a rewritten chain is visible to
+anyone with the public key.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = [
     "GENESIS",
     "Checkpoint",
     "Event",
+    "chain_state_payload",
     "checkpoint_hash",
     "checkpoint_payload",
     "content_bytes",
@@ -31,10 +36,11 @@ __all__ = [
 ]
 
 GENESIS = bytes(32)
-CONTENT_FIELDS = (
+_FORMAT1_FIELDS = (
     "at_us", "action", "outcome", "actor_token_id", "actor_name", "user_id", "session_id", "lease_id",
     "fencing_token", "purpose", "detail", "request_id", "source", "subjects",
 )  # fmt: skip
+CONTENT_FIELDS = ("uid", *_FORMAT1_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ class Event:
     at_us: int
     action: str
     outcome: str
+    uid: str | None = None
     actor_token_id: str | None = None
     actor_name: str | None = None
     user_id: str | None = None
@@ -75,9 +82,11 @@ class Event:
 
 
 def content_bytes(fields: Any) -> bytes:
-    """Canonical JSON of an event's content; ``fields`` is an Event or a mapping with CONTENT_FIELDS."""
+    """Canonical JSON of an event's content; ``fields`` is an Event or a mapping with CONTENT_FIELDS.
+    An event without a uid (written before uids existed) has the format-1 content, without the field."""
     get = fields.get if isinstance(fields, dict) else lambda name: getattr(fields, name)
-    body = {name: get(name) for name in CONTENT_FIELDS}
+    names = _FORMAT1_FIELDS if get("uid") is None else CONTENT_FIELDS
+    body = {name: get(name) for name in names}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -108,6 +117,7 @@ class Checkpoint:
     prev: bytes
     key_id: str
     signature: bytes = field(repr=False)
+    max_id: int | None = None  # None in format-1 checkpoints, signed before high-water marks existed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +128,7 @@ class Checkpoint:
             "prev": self.prev.hex(),
             "key_id": self.key_id,
             "signature": self.signature.hex(),
+            "max_id": self.max_id,
         }
 
     @classmethod
@@ -130,6 +141,7 @@ class Checkpoint:
             prev=bytes.fromhex(data["prev"]),
             key_id=str(data["key_id"]),
             signature=bytes.fromhex(data["signature"]),
+            max_id=None if data.get("max_id") is None else int(data["max_id"]),
         )
 
 
@@ -141,9 +153,10 @@ def checkpoint_payload(
     head: bytes,
     prev: bytes,
     key_id: str,
+    max_id: int | None = None,
 ) -> bytes:
-    """The bytes a checkpoint's signature covers."""
-    body = {
+    """The bytes a checkpoint's signature covers (format 2 with ``max_id``, format 1 without)."""
+    body: dict[str, Any] = {
         "v": "sv-audit-checkpoint-1",
         "id": id,
         "at_us": at_us,
@@ -152,6 +165,8 @@ def checkpoint_payload(
         "prev": prev.hex(),
         "key_id": key_id,
     }
+    if max_id is not None:
+        body |= {"v": "sv-audit-checkpoint-2", "max_id": max_id}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -159,6 +174,22 @@ def checkpoint_hash(checkpoint: Checkpoint) -> bytes:
     """What the next checkpoint's ``prev`` must be."""
     payload = checkpoint_payload(
         id=checkpoint.id, at_us=checkpoint.at_us, seq=checkpoint.seq, head=checkpoint.head,
-        prev=checkpoint.prev, key_id=checkpoint.key_id,
+        prev=checkpoint.prev, key_id=checkpoint.key_id, max_id=checkpoint.max_id,
     )  # fmt: skip
     return hashlib.sha256(payload + checkpoint.signature).digest()
+
+
+def chain_state_payload(
+    *, seq: int, head: bytes, checkpoint_id: int, checkpoint_hash: bytes, checkpoint_at_us: int, max_id: int
+) -> bytes:
+    """The bytes the vault MACs for the ``audit_chain`` row, so a database writer cannot move the head."""
+    body = {
+        "v": "sv-audit-chain-state-1",
+        "seq": seq,
+        "head": head.hex(),
+        "checkpoint_id": checkpoint_id,
+        "checkpoint_hash": checkpoint_hash.hex(),
+        "checkpoint_at_us": checkpoint_at_us,
+        "max_id": max_id,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

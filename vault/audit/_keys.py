@@ -85,11 +85,15 @@ class AuditKeys:
     def sign(self, payload: bytes) -> bytes:
         return self._signing_key.sign(payload)
 
-    def mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._hmac_key, b"sv-audit-mac-1\x00" + payload, hashlib.sha256).digest()
+    def mac(self, payload: bytes, *, purpose: str = "") -> bytes:
+        """HMAC-SHA-256 of ``payload``. Events use no ``purpose`` (their content is a JSON object); other
+        records the vault authenticates (the chain row, token rows) name theirs, so no MAC of one kind
+        is ever valid for another."""
+        label = b"sv-audit-mac-1\x00" + (purpose.encode() + b"\x00" if purpose else b"")
+        return hmac.new(self._hmac_key, label + payload, hashlib.sha256).digest()
 
-    def mac_ok(self, payload: bytes, mac: bytes | None) -> bool:
-        return mac is not None and hmac.compare_digest(self.mac(payload), mac)
+    def mac_ok(self, payload: bytes, mac: bytes | None, *, purpose: str = "") -> bool:
+        return mac is not None and hmac.compare_digest(self.mac(payload, purpose=purpose), mac)
 
     def subject(self, normalized: str) -> str:
         return subject_hmac(self._hmac_key, normalized)

@@ -97,9 +97,11 @@ class GrantRequest:
             payload["ttl_seconds"] = ttl_seconds
         return cls(path, payload, ttl_seconds)
 
-    def lease(self, body: dict[str, Any], sent_at: float) -> Lease:
-        """The Lease of a grant answer; ``sent_at`` is the request's send time (``time.time()``)."""
-        expires_at = _moment(body, "expires_at")
+    def lease(self, body: dict[str, Any], sent_at: float, received_at: float) -> Lease:
+        """The Lease of a grant answer; ``sent_at`` and ``received_at`` are when the request was sent and
+        its answer arrived (``time.time()``). A grant whose expiry is not after ``received_at`` is refused
+        with :class:`LeaseLost`: whoever uses it would sign beside the session's next holder."""
+        expires_at = _still_valid(_moment(body, "expires_at"), received_at)
         return Lease(
             lease_id=_field(body, "lease_id", str),
             session_id=_field(body, "session_id", str),
@@ -157,8 +159,15 @@ def _moment(body: dict[str, Any], key: str) -> datetime:
     return moment
 
 
-def parse_renewed(body: dict[str, Any]) -> datetime:
-    return _moment(body, "expires_at")
+def parse_renewed(body: dict[str, Any], received_at: float) -> datetime:
+    """The renewed expiry; :class:`LeaseLost` if it is not after ``received_at`` (``time.time()``)."""
+    return _still_valid(_moment(body, "expires_at"), received_at)
+
+
+def _still_valid(expires_at: datetime, now: float) -> datetime:
+    if expires_at.timestamp() <= now:
+        raise LeaseLost("the lease's expiry had passed when the answer arrived (a slow answer or clock skew)")
+    return expires_at
 
 
 def parse_released(body: dict[str, Any]) -> bool:

@@ -86,16 +86,17 @@ class VaultClient:
 
     def _grant(self, request: GrantRequest) -> Lease:
         sent_at = time.time()
-        return request.lease(self._post(request.path, request.payload, 201), sent_at)
+        body = self._post(request.path, request.payload, 201)
+        return request.lease(body, sent_at, time.time())
 
     def renew(self, lease: Lease) -> datetime:
         """Extend the lease by its TTL from now; updates and returns ``lease.expires_at``."""
         try:
             body = self._post(*renew_request(lease), 200)
+            lease.expires_at = parse_renewed(body, time.time())
         except LeaseLost:
             lease.lost = True
             raise
-        lease.expires_at = parse_renewed(body)
         return lease.expires_at
 
     def release(self, lease: Lease, session: str | None = None) -> bool:

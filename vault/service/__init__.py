@@ -1,12 +1,31 @@
 """Use cases and their transaction boundaries: ingest, credentials (and later lease, rotate, shred)."""
 
-from vault.service._audit import Auditor, Context
-from vault.service._audit_log import events_page, export_lines, parse_export, read_everything, verify_live
+from vault.service._audit import Auditor, Context, bounded_text
+from vault.service._audit_log import (
+    adopt_chain,
+    events_page,
+    export_lines,
+    parse_export,
+    read_everything,
+    verify_live,
+)
+from vault.service._ids import (
+    ACTION_PATTERN,
+    INT64_MAX,
+    NAME_PATTERN,
+    OUTCOME_PATTERN,
+    PURPOSE_PATTERN,
+    TOKEN_ID_PATTERN,
+    USER_ID_PATTERN,
+    UUID_PATTERN,
+)
 from vault.service._ingest import IngestResult, ingest, open_session
 from vault.service._leases import DEFAULT_TTL, Grant, LeaseService, Renewal
 from vault.service._principal import Principal, Role
-from vault.service._sealer import SealResult, seal
+from vault.service._sealer import SealResult, chain_mac, seal
 from vault.service._tokens import (
+    API_MINTABLE,
+    MAX_EXPIRES_IN,
     TokenInfo,
     authenticate,
     create_token,
@@ -14,9 +33,21 @@ from vault.service._tokens import (
     revoke_token,
 )
 from vault.service._vault import Vault, utcnow
+from vault.sessions import MAX_SESSION_CHARS
 
 __all__ = [
+    "ACTION_PATTERN",
+    "API_MINTABLE",
     "DEFAULT_TTL",
+    "INT64_MAX",
+    "MAX_EXPIRES_IN",
+    "MAX_SESSION_CHARS",
+    "NAME_PATTERN",
+    "OUTCOME_PATTERN",
+    "PURPOSE_PATTERN",
+    "TOKEN_ID_PATTERN",
+    "USER_ID_PATTERN",
+    "UUID_PATTERN",
     "Auditor",
     "Context",
     "Grant",
@@ -28,7 +59,10 @@ __all__ = [
     "SealResult",
     "TokenInfo",
     "Vault",
+    "adopt_chain",
     "authenticate",
+    "bounded_text",
+    "chain_mac",
     "create_token",
     "events_page",
     "export_lines",

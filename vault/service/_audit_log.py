@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-from vault.audit import Checkpoint, Event, PublicKey, Report, verify
-from vault.errors import InvalidRequest
+from vault.audit import DEFAULT_SKEW_US, Checkpoint, Event, Problem, PublicKey, Report, verify
+from vault.errors import AuditChainBroken, InvalidRequest
 from vault.service._audit import Auditor, Context
+from vault.service._sealer import chain_mac, check_chain
 from vault.store import AuditFilter, Store
 
-__all__ = ["events_page", "export_lines", "parse_export", "read_everything", "verify_live"]
+__all__ = ["adopt_chain", "events_page", "export_lines", "parse_export", "read_everything", "verify_live"]
 
 _PAGE = 10_000
 
@@ -86,8 +89,42 @@ def parse_export(lines: Iterable[str]) -> tuple[list[Event], list[Checkpoint], P
     return events, checkpoints, key
 
 
-async def verify_live(store: Store, auditor: Auditor, ctx: Context, key: PublicKey) -> Report:
+async def verify_live(
+    store: Store, auditor: Auditor, ctx: Context, key: PublicKey, *, max_skew_us: int = DEFAULT_SKEW_US
+) -> Report:
+    """Verify the live log: chain and checkpoints against ``key``, every event's MAC with the audit keys,
+    event dates against this process's clock, and the ``audit_chain`` row (its MAC and its head)."""
     async with store.transaction() as tx:
         await tx.insert_audit(auditor.record(ctx, "audit.verify", "ok"))
     events, checkpoints = await read_everything(store)
-    return verify(events, checkpoints, key)
+    report = verify(
+        events, checkpoints, key, macs=auditor.keys, now_us=time.time_ns() // 1000, max_skew_us=max_skew_us
+    )
+    if report.problem is None:
+        try:
+            async with store.transaction() as tx:
+                await check_chain(tx, auditor.keys, await tx.lock_chain())
+        except AuditChainBroken as exc:
+            return dataclasses.replace(report, problem=Problem("chain_broken", None, None, exc.detail))
+    return report
+
+
+async def adopt_chain(store: Store, auditor: Auditor, ctx: Context, key: PublicKey) -> Report:
+    """MAC the ``audit_chain`` row of a log written before the row was authenticated (schema 0004),
+    once the whole live log verifies (every event's MAC included). Refuses a row that has a MAC already."""
+    async with store.transaction() as tx:
+        if (await tx.lock_chain()).mac is not None:
+            raise InvalidRequest("the audit_chain row is authenticated already")
+    events, checkpoints = await read_everything(store)
+    report = verify(events, checkpoints, key, macs=auditor.keys, now_us=time.time_ns() // 1000)
+    if report.problem is not None:
+        return report
+    async with store.transaction() as tx:
+        state = await tx.lock_chain()
+        if state.mac is not None:
+            raise InvalidRequest("the audit_chain row is authenticated already")
+        adopted = dataclasses.replace(state, mac=chain_mac(auditor.keys, state))
+        await check_chain(tx, auditor.keys, adopted)  # the head event must be the vault's too
+        await tx.save_chain(adopted)
+        await tx.insert_audit(auditor.record(ctx, "audit.adopt_chain", "ok", detail=f"seq {state.seq}"))
+    return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from vault.crypto import seal, session_aad, unseal
 from vault.errors import InvalidSession
@@ -36,6 +36,7 @@ async def ingest(
     serialized: str,
     *,
     now: datetime,
+    max_lifetime: timedelta | None = None,
 ) -> IngestResult:
     """Store ``serialized`` as the user's newest session, in one transaction.
 
@@ -45,7 +46,7 @@ async def ingest(
     or session row is written. A refused session is audited (in its own transaction) and re-raised.
     """
     try:
-        parsed = parse_session(serialized, now=now)
+        parsed = parse_session(serialized, now=now, max_lifetime=max_lifetime)
     except InvalidSession as exc:
         async with store.transaction() as tx:
             await tx.insert_audit(auditor.record(ctx, "session.ingest", "denied", detail=exc.code))

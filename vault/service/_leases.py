@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from vault.crypto import seal, session_aad
-from vault.errors import Forbidden as NotHolder
 from vault.errors import (
+    DecryptionError,
     InvalidRequest,
     InvalidSession,
     LeaseHeld,
@@ -29,17 +29,19 @@ from vault.errors import (
     StoredSessionExpired,
     VaultError,
 )
+from vault.errors import Forbidden as NotHolder
 from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context
+from vault.service._ids import PURPOSE_PATTERN
 from vault.service._ingest import open_session
 from vault.service._keys import active_dek
-from vault.sessions import ParsedSession, parse_session
+from vault.sessions import ParsedSession, parse_session, wallet_change
 from vault.store import AuditRecord, LockedLease, Store, Tx
 
 __all__ = ["DEFAULT_TTL", "Grant", "LeaseService", "Renewal", "from_us"]
 
 DEFAULT_TTL = 30
-_PURPOSE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_PURPOSE_RE = re.compile(PURPOSE_PATTERN)
 
 
 def from_us(us: int) -> datetime:
@@ -87,13 +89,21 @@ def _lost(state: LockedLease, fencing_token: int) -> bool:
 
 class LeaseService:
     def __init__(
-        self, *, store: Store, kek: KekProvider, cache: DekCache, auditor: Auditor, max_ttl: int
+        self,
+        *,
+        store: Store,
+        kek: KekProvider,
+        cache: DekCache,
+        auditor: Auditor,
+        max_ttl: int,
+        max_lifetime: timedelta | None = None,
     ) -> None:
         self.store = store
         self.kek = kek
         self.cache = cache
         self.auditor = auditor
         self.max_ttl = max_ttl
+        self.max_lifetime = max_lifetime
 
     async def _check_request(
         self, ctx: Context, purpose: str, ttl_seconds: int | None, user_id: str | None, session_id: str | None
@@ -126,24 +136,45 @@ class LeaseService:
         ttl_seconds: int | None = None,
         user_id: str | None = None,
         session_id: str | None = None,
+        allow_wallet_changes: bool = False,
     ) -> Grant:
         """Lease a session (by id) or a user's newest session to ``ctx.principal``.
 
         Raises NoSession (404), SessionRevoked / SessionSuperseded / StoredSessionExpired (410), LeaseHeld
         (409), InvalidRequest (422), PurposeNotAllowed (403); AuditUnavailable or StoreUnavailable (503)
-        with nothing released.
+        with nothing released. A session that does not decrypt raises DecryptionError (500): no lease is
+        kept, and the failure is audited (outcome ``error``) in a transaction of its own.
         """
         assert ctx.principal is not None and (user_id is None) != (session_id is None)
         ttl = await self._check_request(ctx, purpose, ttl_seconds, user_id, session_id)
-        async with self.store.transaction() as tx:
-            error, grant = await self._grant_in(tx, ctx, purpose, ttl, session_id=session_id, user_id=user_id)
+        try:
+            async with self.store.transaction() as tx:
+                error, grant = await self._grant_in(
+                    tx, ctx, purpose, ttl, session_id=session_id, user_id=user_id,
+                    allow_wallet_changes=allow_wallet_changes,
+                )  # fmt: skip
+        except DecryptionError as exc:
+            async with self.store.transaction() as tx:
+                await tx.insert_audit(
+                    self.auditor.record(ctx, "lease.grant", "error", detail=exc.code, purpose=purpose,
+                                        user_id=user_id, session_id=session_id)
+                )  # fmt: skip
+            raise
         if error is not None:
             raise error
         assert grant is not None
         return grant
 
     async def _grant_in(
-        self, tx: Tx, ctx: Context, purpose: str, ttl: int, *, session_id: str | None, user_id: str | None
+        self,
+        tx: Tx,
+        ctx: Context,
+        purpose: str,
+        ttl: int,
+        *,
+        session_id: str | None,
+        user_id: str | None,
+        allow_wallet_changes: bool,
     ) -> tuple[VaultError | None, Grant | None]:
         """The grant transaction's body: (refusal, None) with the refusal audited, or (None, grant)."""
         principal = ctx.principal
@@ -167,11 +198,11 @@ class LeaseService:
         )
         if refusal is not None:
             return await deny(refusal, peek.now_us, peek.user_id, peek.id)
-        # Looked free: take the row lock and decide for real.
-        locked = await tx.lock_session(peek.id)
-        assert locked is not None  # sessions are never deleted
+        # Looked free: take the row lock and decide for real, on the clock read after the lock is held.
+        found = await tx.lock_session(peek.id)
+        assert found is not None  # sessions are never deleted
+        locked, current = found
         now = locked.now_us
-        current = await tx.open_lease(locked.id)
         refusal = _refusal(locked.status, locked.expires_at, now) or _held(
             None if current is None else current.expires_us, now
         )
@@ -191,6 +222,7 @@ class LeaseService:
             holder_token_id=principal.token_id,
             purpose=purpose,
             ttl_seconds=ttl,
+            allow_wallet_changes=allow_wallet_changes,
         )
         await tx.insert_audit(
             record(
@@ -203,6 +235,7 @@ class LeaseService:
                 purpose=purpose,
                 user_id=locked.user_id,
                 session_id=locked.id,
+                detail="wallet changes allowed" if allow_wallet_changes else None,
             )
         )
         # Decrypted inside the transaction, returned only after it (and its audit event) committed.
@@ -274,15 +307,16 @@ class LeaseService:
     ) -> None:
         """End a lease, storing ``session`` (the refreshed session) as the session's next version.
 
-        The refreshed session must pass ingest validation and belong to the same user, else
-        InvalidSession / SessionExpired (422) and the lease is kept. NoLease, Forbidden and LeaseLost as
+        The refreshed session must pass ingest validation, belong to the same user and keep the stored
+        session's wallet ids and signers (unless the grant allowed wallet changes), else InvalidSession /
+        SessionExpired (422) and the lease is kept. NoLease, Forbidden and LeaseLost as
         for renew (checked first, so only the holder learns about its session); on any refusal nothing
         changes.
         """
         parsed, invalid = None, None
         if session is not None:
             try:
-                parsed = parse_session(session, now=datetime.now(UTC))
+                parsed = parse_session(session, now=datetime.now(UTC), max_lifetime=self.max_lifetime)
             except InvalidSession as exc:
                 invalid = exc
         async with self.store.transaction() as tx:
@@ -295,6 +329,13 @@ class LeaseService:
                 and parsed.user_id != state.lease.user_id
             ):
                 error = InvalidSession("the refreshed session belongs to a different user")
+            if (
+                error is None
+                and state is not None
+                and parsed is not None
+                and not state.lease.allow_wallet_changes
+            ):
+                error = await self._wallet_change(tx, state, parsed)
             if error is not None or state is None:
                 error = error or NoLease()
                 await self._refuse(tx, ctx, "lease.release", error, state, lease_id, fencing_token)
@@ -302,6 +343,14 @@ class LeaseService:
                 await self._finish(tx, ctx, state, session if parsed is not None else None, parsed)
         if error is not None:
             raise error
+
+    async def _wallet_change(self, tx: Tx, state: LockedLease, parsed: ParsedSession) -> VaultError | None:
+        """A refusal if ``parsed`` changes the stored session's wallet ids or drops a signer."""
+        stored = await tx.session(state.lease.session_id)
+        assert stored is not None  # sessions are never deleted
+        current = parse_session(await open_session(tx, self.kek, self.cache, stored), now=from_us(0))
+        reason = wallet_change(current, parsed)
+        return None if reason is None else InvalidSession(reason)
 
     async def _finish(
         self, tx: Tx, ctx: Context, state: LockedLease, session: str | None, parsed: ParsedSession | None

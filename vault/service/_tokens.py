@@ -3,28 +3,57 @@
 Only ``sha256(secret)`` is stored; tokens carry 256 bits of randomness, so a fast hash is enough (no
 password-style KDF is needed). Lookups are by the non-secret id; the hash is compared in constant time,
 and an unknown id is compared against a dummy hash so both paths do the same work.
+
+Every token row carries the vault's MAC (under the audit HMAC key, which the database does not hold)
+over all its fields, revocation included: a row a database writer inserted, or un-revoked, fails it
+and is refused (audited as ``token row fails its MAC``).
+
+``signer`` tokens obtain plaintext sessions and ``admin`` tokens mint tokens, so neither can be minted
+over the API (an admin would otherwise reach plaintext in two calls): only the CLI, run by an operator
+with the database and the audit keys, creates them. The API mints ``ingest`` and ``auditor`` tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from vault.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from vault.audit import AuditKeys
+from vault.errors import Forbidden, InvalidRequest, NotFound, TokenForged, Unauthorized
 from vault.service._audit import Auditor, Context
+from vault.service._ids import NAME_PATTERN, PURPOSE_PATTERN
 from vault.service._principal import Principal, Role
+from vault.settings import MAX_LEASE_TTL
 from vault.store import Store, TokenRow
 
-__all__ = ["Principal", "Role", "TokenInfo", "authenticate", "create_token", "list_tokens", "revoke_token"]
+__all__ = [
+    "API_MINTABLE",
+    "MAX_EXPIRES_IN",
+    "Principal",
+    "Role",
+    "TokenInfo",
+    "authenticate",
+    "create_token",
+    "list_tokens",
+    "revoke_token",
+]
+
+API_MINTABLE = frozenset({Role.INGEST, Role.AUDITOR})
+MAX_EXPIRES_IN = 10 * 366 * 86400  # ten years, in seconds
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAC_PURPOSE = "service-token"
+_MAX_PURPOSES = 64
 
 _TOKEN_RE = re.compile(r"svt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _DUMMY_HASH = hashlib.sha256(b"session-vault: no such token").digest()
-_NAME_RE = re.compile(r"[A-Za-z0-9 ._:@/-]{1,128}")
-_PURPOSE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_NAME_RE = re.compile(NAME_PATTERN)
+_PURPOSE_RE = re.compile(PURPOSE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +70,34 @@ class TokenInfo:
 
 def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+def _us(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _row_payload(row: TokenRow) -> bytes:
+    body = {
+        "v": "sv-token-1",
+        "id": row.id,
+        "name": row.name,
+        "role": row.role,
+        "secret_hash": row.secret_hash.hex(),
+        "purposes": None if row.purposes is None else list(row.purposes),
+        "max_ttl_seconds": row.max_ttl_seconds,
+        "created_us": _us(row.created_at),
+        "expires_us": _us(row.expires_at),
+        "revoked_us": _us(row.revoked_at),
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sealed(keys: AuditKeys, row: TokenRow) -> TokenRow:
+    return dataclasses.replace(row, mac=keys.mac(_row_payload(row), purpose=_MAC_PURPOSE))
+
+
+def _genuine(keys: AuditKeys, row: TokenRow) -> bool:
+    return keys.mac_ok(_row_payload(row), row.mac, purpose=_MAC_PURPOSE)
 
 
 def _info(row: TokenRow) -> TokenInfo:
@@ -68,13 +125,25 @@ async def create_token(
     purposes: tuple[str, ...] | None = None,
     max_ttl_seconds: int | None = None,
 ) -> tuple[str, TokenInfo]:
-    """Create a token; return ``(token, info)``. The token string exists only in this return value."""
+    """Create a token; return ``(token, info)``. The token string exists only in this return value.
+
+    Over the API (``ctx`` has a principal) only :data:`API_MINTABLE` roles: a ``signer`` or ``admin``
+    token is refused with :class:`Forbidden`, and the refusal is audited.
+    """
+    if ctx.principal is not None and role not in API_MINTABLE:
+        async with store.transaction() as tx:
+            await tx.insert_audit(
+                auditor.record(ctx, "token.create", "denied", detail=f"{role.value} via api")
+            )
+        raise Forbidden("signer and admin tokens are created with the CLI only (session-vault token create)")
     if not _NAME_RE.fullmatch(name):
         raise InvalidRequest("a token name is 1-128 letters, digits, spaces or ._:@/-")
-    if expires_in is not None and expires_in <= 0:
-        raise InvalidRequest("expires-in must be a positive number of seconds")
-    if max_ttl_seconds is not None and max_ttl_seconds <= 0:
-        raise InvalidRequest("max-ttl must be a positive number of seconds")
+    if expires_in is not None and not 0 < expires_in <= MAX_EXPIRES_IN:
+        raise InvalidRequest(f"expires-in must be 1 to {MAX_EXPIRES_IN} seconds")
+    if max_ttl_seconds is not None and not 0 < max_ttl_seconds <= MAX_LEASE_TTL:
+        raise InvalidRequest(f"max-ttl must be 1 to {MAX_LEASE_TTL} seconds")
+    if purposes is not None and len(purposes) > _MAX_PURPOSES:
+        raise InvalidRequest(f"a token names at most {_MAX_PURPOSES} purposes")
     if purposes is not None and not all(_PURPOSE_RE.fullmatch(p) for p in purposes):
         raise InvalidRequest("a purpose is 1-64 letters, digits or ._:-")
     if role is not Role.SIGNER and (purposes is not None or max_ttl_seconds is not None):
@@ -92,6 +161,7 @@ async def create_token(
         expires_at=None if expires_in is None else now + timedelta(seconds=expires_in),
         revoked_at=None,
     )
+    row = _sealed(auditor.keys, row)
     async with store.transaction() as tx:
         await tx.insert_token(row)
         await tx.insert_audit(
@@ -107,16 +177,24 @@ async def list_tokens(store: Store) -> list[TokenInfo]:
 
 async def revoke_token(store: Store, auditor: Auditor, ctx: Context, token_id: str, *, now: datetime) -> None:
     async with store.transaction() as tx:
-        if not await tx.revoke_token(token_id, now):
+        row = await tx.token(token_id)
+        if row is None or row.revoked_at is not None:
+            raise NotFound("no such active token")
+        revoked = _sealed(auditor.keys, dataclasses.replace(row, revoked_at=now))
+        assert revoked.mac is not None
+        if not await tx.revoke_token(token_id, now, revoked.mac):
             raise NotFound("no such active token")
         await tx.insert_audit(auditor.record(ctx, "token.revoke", "ok", detail=token_id))
 
 
-async def authenticate(store: Store, token: str | None, *, role: Role, now: datetime) -> Principal:
+async def authenticate(
+    store: Store, keys: AuditKeys, token: str | None, *, role: Role, now: datetime
+) -> Principal:
     """Resolve a bearer token to a principal with ``role``.
 
     Raises :class:`Unauthorized` for a missing, malformed, unknown, revoked or expired token (without
-    saying which) and :class:`Forbidden` for a valid token of another role. The caller audits failures.
+    saying which), :class:`TokenForged` (an Unauthorized) when the row fails the vault's MAC, and
+    :class:`Forbidden` for a valid token of another role. The caller audits failures.
     """
     match = _TOKEN_RE.fullmatch(token or "")
     if match is None:
@@ -127,6 +205,8 @@ async def authenticate(store: Store, token: str | None, *, role: Role, now: date
     stored = row.secret_hash if row is not None else _DUMMY_HASH
     if not hmac.compare_digest(stored, _hash(secret)) or row is None:
         raise Unauthorized()
+    if not _genuine(keys, row):
+        raise TokenForged()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         raise Unauthorized()
     if row.role != role.value:

@@ -2,9 +2,9 @@
 
 An exported session is plain base64 of JSON with no version field (see the design notes). The parser
 checks the shape strictly, keeps only non-secret facts (user id, wallet ids/types/schemes, whether signers
-are present, the cookie's expiry) and drops everything else. Every rejection carries a fixed reason: no
-part of the input ever reaches an exception message, and decoder errors (which can quote input) are
-dropped with ``from None``.
+are present, the session's effective expiry) and drops everything else. Every rejection carries a fixed
+reason: no part of the input ever reaches an exception message, and decoder errors (which can quote
+input) are dropped with ``from None``.
 
 Optional fields that are ``null`` count as absent (JavaScript exporters write ``null`` for unset values).
 """
@@ -16,12 +16,12 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NoReturn
 
 from vault.errors import InvalidSession, SessionExpired
-from vault.sessions._cookie import cookie_expiry
+from vault.sessions._cookie import after, cookie_expiry
 
 __all__ = [
     "MAX_SESSION_CHARS",
@@ -84,6 +84,12 @@ class WalletInfo:
 class ParsedSession:
     """The non-secret facts about a session. Holds no signer, cookie or public key.
 
+    ``expires_at`` is the effective expiry, an aware UTC datetime: the cookie's ``Max-Age`` counted from the
+    ``now`` given to :func:`parse_session` if it has one, else its ``Expires``; when ``parse_session`` was
+    given a ``max_lifetime``, the earlier of that and ``now + max_lifetime`` (and ``now + max_lifetime`` for a
+    cookie with neither attribute). It is ``None`` only for a cookie with no ``Max-Age`` and no ``Expires``
+    parsed without ``max_lifetime``. It is always after that ``now``.
+
     ``subjects`` are the values that identify the person and the wallets (email or phone, wallet
     addresses), normalised. They are not key material, but they are personal: the vault never stores
     them, only keyed hashes of them in the audit log, and they are kept out of ``repr``.
@@ -93,7 +99,7 @@ class ParsedSession:
     format: SessionFormat
     wallets: tuple[WalletInfo, ...]
     has_signers: bool
-    expires_at: datetime | None  # aware UTC, from the cookie's Expires; None if the cookie has none
+    expires_at: datetime | None  # aware UTC: effective expiry (Max-Age, Expires, max_lifetime), or None
     subjects: tuple[str, ...] = field(default=(), repr=False)
 
 
@@ -105,14 +111,19 @@ def _reject(detail: str) -> NoReturn:
     raise InvalidSession(detail)
 
 
-def parse_session(serialized: str, *, now: datetime) -> ParsedSession:
+def parse_session(serialized: str, *, now: datetime, max_lifetime: timedelta | None = None) -> ParsedSession:
     """Validate an exported session and return its non-secret facts.
 
-    ``now`` must be timezone-aware; a session whose cookie expires at or before ``now`` raises
-    :class:`SessionExpired`. Any other defect raises :class:`InvalidSession` with a fixed reason.
+    ``now`` must be timezone-aware. The session's expiry is the cookie's (``now + Max-Age``, else
+    ``Expires``, else none); with ``max_lifetime`` (which must be positive) it is capped at
+    ``now + max_lifetime``, and a cookie without any expiry gets exactly that. A session whose effective
+    expiry is at or before ``now`` (``Max-Age=0``, say) raises :class:`SessionExpired`; only a session that
+    is otherwise valid can be expired. Any other defect raises :class:`InvalidSession` with a fixed reason.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
+    if max_lifetime is not None and max_lifetime <= timedelta(0):
+        raise ValueError("max_lifetime must be positive")
     body = _decode(serialized)
     session_format = _format(body)
     user_id = _user_id(body)
@@ -120,7 +131,10 @@ def parse_session(serialized: str, *, now: datetime) -> ParsedSession:
     cookie = body.get("sessionCookie")
     if not isinstance(cookie, str) or not cookie:
         _reject(NO_COOKIE)
-    expires_at = cookie_expiry(cookie)
+    expires_at = cookie_expiry(cookie, now=now)
+    if max_lifetime is not None:
+        latest = after(now, max_lifetime)
+        expires_at = latest if expires_at is None else min(expires_at, latest)
     _optional_object(body, "currentWalletIds", BAD_CURRENT_WALLET_IDS)
     _optional_object(body, "externalWallets", BAD_EXTERNAL_WALLETS)
     if expires_at is not None and expires_at <= now:

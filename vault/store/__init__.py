@@ -4,6 +4,7 @@ from vault.store._audit import AuditFilter
 from vault.store._engine import make_engine
 from vault.store._migrate import alembic_config, migrations_dir, upgrade
 from vault.store._models import (
+    AUDIT_TEXT_LIMITS,
     AuditEvent,
     Base,
     Lease,
@@ -29,6 +30,7 @@ from vault.store._store import Store, Tx
 metadata = Base.metadata
 
 __all__ = [
+    "AUDIT_TEXT_LIMITS",
     "AuditEvent",
     "AuditFilter",
     "AuditRecord",

@@ -28,7 +28,7 @@ _C: Table = cast(Table, AuditCheckpoint.__table__)
 _CHAIN: Table = cast(Table, AuditChain.__table__)
 _EVENT_COLUMNS = [c for c in _E.c]
 _RECORD_FIELDS = [f for f in AuditRecord.__dataclass_fields__]
-_CHAIN_FIELDS = ["seq", "head", "checkpoint_id", "checkpoint_hash", "checkpoint_at_us"]
+_CHAIN_FIELDS = [f for f in ChainState.__dataclass_fields__]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,10 @@ def _unsealed(_now: ColumnElement[Any]) -> Executable:
     )
 
 
+def _sealed_from(_now: ColumnElement[Any]) -> Executable:
+    return select(*_EVENT_COLUMNS).where(_E.c.seq >= bindparam("seq")).order_by(_E.c.seq).limit(3)
+
+
 def _seal_one(_now: ColumnElement[Any]) -> Executable:
     return (
         update(_E)
@@ -75,7 +79,7 @@ def _save_chain(_now: ColumnElement[Any]) -> Executable:
 
 
 def _insert_checkpoint(_now: ColumnElement[Any]) -> Executable:
-    names = ["id", "at_us", "seq", "head", "prev", "key_id", "signature"]
+    names = ["id", "at_us", "seq", "head", "prev", "key_id", "signature", "max_id"]
     return insert(_C).values({n: bindparam(n, type_=_C.c[n].type) for n in names})
 
 
@@ -99,6 +103,11 @@ class AuditQueries(Executor):
 
     async def unsealed_events(self, limit: int, *, after_id: int = 0) -> list[Event]:
         return [Event(**row) for row in await self.fetch(_unsealed, {"after_id": after_id, "limit": limit})]
+
+    async def sealed_from(self, seq: int) -> list[Event]:
+        """The sealed events at ``seq`` and after, in order, at most three (the sealer's check of the
+        chain's head: the event before it, the head itself, and whether anything was sealed past it)."""
+        return [Event(**row) for row in await self.fetch(_sealed_from, {"seq": seq})]
 
     async def seal_events(self, sealed: Sequence[tuple[int, int, bytes]]) -> None:
         """Set (seq, hash) on each (id, seq, hash), once: the append-only trigger refuses a second time."""

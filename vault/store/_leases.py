@@ -3,15 +3,18 @@
 Exclusivity is the database's: the session row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL; the
 ``BEGIN IMMEDIATE`` write lock on SQLite) for every lease decision, a partial unique index allows one open
 lease per session, and fencing tokens are ``max + 1`` under that lock with ``(session_id,
-fencing_token)`` unique. Lease times are microseconds on the database's clock, read in the same statement
-that takes the lock, so replicas' clocks never matter.
+fencing_token)`` unique. Lease times are microseconds on the database's clock, so replicas' clocks never
+matter. The clock is read by a statement that runs *after* the lock is held, never by the ``SELECT ...
+FOR UPDATE`` itself: PostgreSQL computes that statement's columns before it waits for the lock, so a
+grant that queued behind another transaction would be dated when it began waiting (born expired, while
+the next grant lands beside its holder).
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, literal, select, update
 from sqlalchemy.sql import Executable
 
 from vault.store._exec import Executor
@@ -45,7 +48,7 @@ def _peek_by_user(now: ColumnElement[Any]) -> Executable:
     )
 
 
-def _lock_session(now: ColumnElement[Any]) -> Executable:
+def _lock_session(_now: ColumnElement[Any]) -> Executable:
     return (
         select(
             _S.c.id,
@@ -55,15 +58,17 @@ def _lock_session(now: ColumnElement[Any]) -> Executable:
             _S.c.status,
             _S.c.expires_at,
             _S.c.ciphertext,
-            now.label("now_us"),
         )
         .where(_S.c.id == bindparam("session_id"))
         .with_for_update()  # ignored by SQLite, whose BEGIN IMMEDIATE already holds the write lock
     )
 
 
-def _open_lease(_now: ColumnElement[Any]) -> Executable:
-    return select(_L).where(_L.c.session_id == bindparam("session_id"), _L.c.ended_us.is_(None))
+def _open_lease_and_clock(now: ColumnElement[Any]) -> Executable:
+    """The clock, and the session's open lease if any: one row either way (after the lock is held)."""
+    one = select(literal(1).label("one")).subquery()
+    is_open = and_(_L.c.session_id == bindparam("session_id"), _L.c.ended_us.is_(None))
+    return select(now.label("now_us"), *_L.c).select_from(one.outerjoin(_L, is_open))
 
 
 def _end_lease(_now: ColumnElement[Any]) -> Executable:
@@ -81,18 +86,18 @@ def _insert_lease(_now: ColumnElement[Any]) -> Executable:
         .scalar_subquery()
     )
     names = ("id", "session_id", "user_id", "session_version", "holder_token_id", "purpose", "ttl_seconds",
-             "granted_us", "expires_us")  # fmt: skip
+             "granted_us", "expires_us", "allow_wallet_changes")  # fmt: skip
     row = select(*(bindparam(n, type_=_L.c[n].type) for n in names), fence)
     return insert(_L).from_select([*names, "fencing_token"], row).returning(_L.c.fencing_token)
 
 
-def _lock_lease_session(now: ColumnElement[Any]) -> Executable:
+def _lock_lease_session(_now: ColumnElement[Any]) -> Executable:
     session_of_lease = select(_L.c.session_id).where(_L.c.id == bindparam("lease_id")).scalar_subquery()
-    return select(_S.c.version, now.label("now_us")).where(_S.c.id == session_of_lease).with_for_update()
+    return select(_S.c.version).where(_S.c.id == session_of_lease).with_for_update()
 
 
-def _lease_by_id(_now: ColumnElement[Any]) -> Executable:
-    return select(_L).where(_L.c.id == bindparam("lease_id"))
+def _lease_and_clock(now: ColumnElement[Any]) -> Executable:
+    return select(now.label("now_us"), *_L.c).where(_L.c.id == bindparam("lease_id"))
 
 
 def _extend_lease(_now: ColumnElement[Any]) -> Executable:
@@ -112,20 +117,29 @@ class LeaseQueries(Executor):
             row = await self.fetch_one(_peek_by_user, {"user_id": user_id})
         return None if row is None else SessionPeek(**row)
 
-    async def lock_session(self, session_id: str) -> LockedSession | None:
-        """Lock a session row until commit and read it with the clock; None if it does not exist."""
+    async def lock_session(self, session_id: str) -> tuple[LockedSession, LeaseRow | None] | None:
+        """Lock a session row until commit; then read the clock and the session's open lease, if any.
+        None if the session does not exist."""
         row = await self.fetch_one(_lock_session, {"session_id": session_id})
-        return None if row is None else LockedSession(**row)
-
-    async def open_lease(self, session_id: str) -> LeaseRow | None:
-        row = await self.fetch_one(_open_lease, {"session_id": session_id})
-        return None if row is None else LeaseRow(**row)
+        if row is None:
+            return None
+        after = dict(await self.fetch_one(_open_lease_and_clock, {"session_id": session_id}) or {})
+        now_us = after.pop("now_us")
+        lease = None if after.get("id") is None else LeaseRow(**after)
+        return LockedSession(**row, now_us=now_us), lease
 
     async def end_lease(self, lease_id: str, *, now_us: int, reason: str) -> None:
         await self.fetch(_end_lease, {"lease_id": lease_id, "ended_us": now_us, "reason": reason})
 
     async def insert_lease(
-        self, *, lease_id: str, session: LockedSession, holder_token_id: str, purpose: str, ttl_seconds: int
+        self,
+        *,
+        lease_id: str,
+        session: LockedSession,
+        holder_token_id: str,
+        purpose: str,
+        ttl_seconds: int,
+        allow_wallet_changes: bool = False,
     ) -> int:
         """Insert the new open lease; return its fencing token (the session's previous maximum + 1)."""
         params = {
@@ -133,6 +147,7 @@ class LeaseQueries(Executor):
             "session_version": session.version, "holder_token_id": holder_token_id, "purpose": purpose,
             "ttl_seconds": ttl_seconds, "granted_us": session.now_us,
             "expires_us": session.now_us + ttl_seconds * 1_000_000,
+            "allow_wallet_changes": allow_wallet_changes,
         }  # fmt: skip
         row = await self.fetch_one(_insert_lease, params)
         assert row is not None
@@ -142,21 +157,19 @@ class LeaseQueries(Executor):
         """Lock the lease's session row, then read the lease and the clock.
 
         Locks are always taken session row first (as grants do), so lease calls cannot deadlock with
-        grants; the lease is read by a second statement, after the lock, so it is never a stale
-        snapshot. No newer fencing token can exist for a lease that is still open: a grant ends the open
-        lease before inserting the next one, and the partial unique index admits one open lease per session.
+        grants; the lease and the clock are read by a second statement, after the lock, so the lease is
+        never a stale snapshot and the time is not the moment the wait began. No newer fencing token
+        can exist for a lease that is still open: a grant ends the open lease before inserting the next
+        one, and the partial unique index admits one open lease per session.
         """
         session = await self.fetch_one(_lock_lease_session, {"lease_id": lease_id})
         if session is None:
             return None
-        row = await self.fetch_one(_lease_by_id, {"lease_id": lease_id})
-        if row is None:
+        row = dict(await self.fetch_one(_lease_and_clock, {"lease_id": lease_id}) or {})
+        if not row:
             return None
-        return LockedLease(
-            session_version=session["version"],
-            now_us=session["now_us"],
-            lease=LeaseRow(**row),
-        )
+        now_us = row.pop("now_us")
+        return LockedLease(session_version=session["version"], now_us=now_us, lease=LeaseRow(**row))
 
     async def extend_lease(self, lease_id: str, *, expires_us: int) -> None:
         await self.fetch(_extend_lease, {"lease_id": lease_id, "expires_us": expires_us})

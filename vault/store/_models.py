@@ -26,6 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AUDIT_TEXT_LIMITS",
     "AuditChain",
     "AuditCheckpoint",
     "AuditEvent",
@@ -136,6 +137,7 @@ class ServiceToken(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the vault's MAC over the row
 
 
 class Lease(Base):
@@ -171,6 +173,8 @@ class Lease(Base):
     expires_us: Mapped[int] = mapped_column(BigInteger)
     ended_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     end_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)  # released | expired
+    # The grant allowed a write-back that changes the wallet ids or drops a signer.
+    allow_wallet_changes: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class AuditEvent(Base):
@@ -181,6 +185,7 @@ class AuditEvent(Base):
         Index(None, "user_id", "id"),
         Index(None, "action", "id"),
         Index("ux_audit_events_seq", "seq", unique=True),
+        Index("ux_audit_events_uid", "uid", unique=True),
         Index(
             "ix_audit_events_unsealed",
             "id",
@@ -190,6 +195,8 @@ class AuditEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    # 128 random bits, inside the MAC'd content: a copied row is a duplicate the index refuses.
+    uid: Mapped[str | None] = mapped_column(String(32), nullable=True)
     at_us: Mapped[int] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(16))  # ok | denied | error
@@ -220,6 +227,8 @@ class AuditChain(Base):
     checkpoint_id: Mapped[int] = mapped_column(Integer)
     checkpoint_hash: Mapped[bytes] = mapped_column(LargeBinary)
     checkpoint_at_us: Mapped[int] = mapped_column(BigInteger)
+    max_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))  # highest id sealed or refused
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # None only at genesis
 
 
 class AuditCheckpoint(Base):
@@ -232,3 +241,13 @@ class AuditCheckpoint(Base):
     prev: Mapped[bytes] = mapped_column(LargeBinary)
     key_id: Mapped[str] = mapped_column(String(32))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+    max_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None in format-1 checkpoints
+
+
+# The longest value each bounded text column of an audit event holds: the auditor cuts to these before it
+# MACs (a database that trims or refuses an over-long value must never see one).
+AUDIT_TEXT_LIMITS: dict[str, int] = {
+    column.name: int(column.type.length)
+    for column in AuditEvent.__table__.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}

@@ -55,6 +55,7 @@ class TokenRow:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    mac: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class SessionPeek:
 
 @dataclass(frozen=True, slots=True)
 class LockedSession:
-    """A session row locked for a lease decision, with the database's clock read in the same statement."""
+    """A session row locked for a lease decision, with the database's clock read after the lock was held."""
 
     id: str
     user_id: str
@@ -97,11 +98,12 @@ class LeaseRow:
     expires_us: int
     ended_us: int | None
     end_reason: str | None
+    allow_wallet_changes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class LockedLease:
-    """A lease and its session, both row-locked, with the database's clock."""
+    """A lease and its session, both row-locked, with the database's clock read after the lock was held."""
 
     lease: LeaseRow
     session_version: int
@@ -113,6 +115,7 @@ class AuditRecord:
     """The fields of one audit event to append. Identifiers only: never session content, keys or token
     secrets. ``mac`` is the vault's MAC over the content (see :mod:`vault.audit`)."""
 
+    uid: str
     at_us: int
     action: str
     outcome: str
@@ -132,8 +135,12 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class ChainState:
+    """The chain's head and newest checkpoint; ``mac`` (the vault's, over the rest) is None at genesis."""
+
     seq: int
     head: bytes
     checkpoint_id: int
     checkpoint_hash: bytes
     checkpoint_at_us: int
+    max_id: int
+    mac: bytes | None = field(default=None, repr=False)

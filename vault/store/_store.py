@@ -156,7 +156,7 @@ def _revoke(_now: ColumnElement[Any]) -> Executable:
     return (
         update(_TOKENS)
         .where(_TOKENS.c.id == bindparam("token_id"), _TOKENS.c.revoked_at.is_(None))
-        .values(revoked_at=bindparam("now", type_=_TOKENS.c.revoked_at.type))
+        .values(revoked_at=bindparam("now", type_=_TOKENS.c.revoked_at.type), mac=bindparam("mac"))
         .returning(_TOKENS.c.id)
     )
 
@@ -248,8 +248,9 @@ class Tx(LeaseQueries, AuditQueries):
     async def tokens(self) -> list[TokenRow]:
         return [_token_row(row) for row in await self.fetch(_tokens)]
 
-    async def revoke_token(self, token_id: str, now: datetime) -> bool:
-        return bool(await self.fetch(_revoke, {"token_id": token_id, "now": now}))
+    async def revoke_token(self, token_id: str, now: datetime, mac: bytes) -> bool:
+        """Set ``revoked_at`` (and the row's new MAC) on an unrevoked token; False if there is none."""
+        return bool(await self.fetch(_revoke, {"token_id": token_id, "now": now, "mac": mac}))
 
 
 def _token_row(row: Any) -> TokenRow:
