@@ -10,11 +10,12 @@ from collections.abc import Callable, Generator
 import uvicorn
 from fastapi import FastAPI
 
+from vault._http import limited_protocol
 from vault.api import create_internal_app, create_public_app
 from vault.service import Vault
 from vault.settings import Settings
 
-__all__ = ["run", "serve_both"]
+__all__ = ["run", "serve_both", "server_config"]
 
 
 class _Server(uvicorn.Server):
@@ -25,9 +26,29 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: FastAPI, host: str, port: int, access_log: bool) -> uvicorn.Config:
+def server_config(
+    app: FastAPI, settings: Settings, *, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Config:
+    """The uvicorn configuration of one listener: the one ``serve`` runs and the tests' live vault runs.
+
+    Forwarded headers are believed only from ``VAULT_TRUSTED_PROXIES`` (uvicorn trusts loopback by
+    default). Slow or oversized requests meet the ``http_*`` limits (:mod:`vault._http`); past
+    ``http_max_connections`` open connections, requests are answered 503. No WebSockets are served.
+    """
+    proxies = settings.trusted_proxy_list()
     return uvicorn.Config(
-        app, host=host, port=port, lifespan="on", server_header=False, log_level="info", access_log=access_log
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        server_header=False,
+        log_level=log_level,
+        access_log=settings.access_log,
+        http=limited_protocol(settings),
+        ws="none",
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies,
+        limit_concurrency=settings.http_max_connections,
     )
 
 
@@ -49,8 +70,10 @@ async def serve_both(settings: Settings, *, on_started: Callable[[], None] | Non
         public = create_public_app(settings, vault=vault)
         internal = create_internal_app(settings, vault=vault)
         servers = [
-            _Server(_config(public, settings.public_host, settings.public_port, settings.access_log)),
-            _Server(_config(internal, settings.internal_host, settings.internal_port, settings.access_log)),
+            _Server(server_config(public, settings, host=settings.public_host, port=settings.public_port)),
+            _Server(
+                server_config(internal, settings, host=settings.internal_host, port=settings.internal_port)
+            ),
         ]
 
         def stop() -> None:
