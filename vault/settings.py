@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = 16 * 1024
     http_max_connections: int = 1000  # per listener; past it, new requests are answered 503
     # A stored session expires at its cookie's Max-Age / Expires, and never later than this after ingest.
-    session_max_lifetime_seconds: int = 30 * 86400
+    session_max_lifetime_seconds: int = Field(30 * 86400, ge=1, le=10 * 366 * 86400)
     # Keyed-hash lookups (POST /v1/audit/hash) per auditor token, per vault process.
     audit_hash_rate_limit: str = "30/minute"
 

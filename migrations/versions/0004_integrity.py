@@ -41,8 +41,8 @@ _PG = [
     """
     CREATE FUNCTION audit_events_insert_guard() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF NEW.seq IS NOT NULL OR NEW.hash IS NOT NULL OR NEW.uid IS NULL OR NEW.mac IS NULL THEN
-            RAISE EXCEPTION 'audit events arrive unsealed, with a uid and a MAC'
+        IF NEW.seq IS NOT NULL OR NEW.hash IS NOT NULL OR NEW.uid IS NULL OR NEW.mac IS NULL OR NEW.id <= 0 THEN
+            RAISE EXCEPTION 'audit events arrive unsealed, with a uid, a MAC and a positive id'
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
         RETURN NEW;
@@ -65,7 +65,10 @@ _SQLITE = [
     _SEAL_ONCE.format(same=_SQLITE_SAME),
     "CREATE TRIGGER audit_events_insert_guard BEFORE INSERT ON audit_events"
     " WHEN NEW.seq IS NOT NULL OR NEW.hash IS NOT NULL OR NEW.uid IS NULL OR NEW.mac IS NULL"
-    " BEGIN SELECT RAISE(ABORT, 'audit events arrive unsealed, with a uid and a MAC'); END",
+    " BEGIN SELECT RAISE(ABORT, 'audit events arrive unsealed, with a uid, a MAC and a positive id'); END",
+    # A BEFORE INSERT trigger cannot see a rowid SQLite has yet to assign: check it after, in the statement.
+    "CREATE TRIGGER audit_events_positive_id AFTER INSERT ON audit_events WHEN NEW.id <= 0"
+    " BEGIN SELECT RAISE(ABORT, 'audit events arrive unsealed, with a uid, a MAC and a positive id'); END",
 ]
 
 
@@ -99,6 +102,7 @@ def downgrade() -> None:
         )
     else:  # dropping a column rebuilds the table on SQLite: its triggers go first, 0003's come back after
         op.execute("DROP TRIGGER audit_events_insert_guard")
+        op.execute("DROP TRIGGER audit_events_positive_id")
         op.execute("DROP TRIGGER audit_events_seal_once")
         for trigger in ("audit_events_no_delete", "audit_checkpoints_no_delete", "audit_checkpoints_no_update"):
             op.execute(f"DROP TRIGGER {trigger}")

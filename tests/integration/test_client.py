@@ -347,7 +347,15 @@ def test_sync_typed_errors(vault: LiveVault) -> None:
             with client.lease(user_id, purpose="other"):
                 pass  # pragma: no cover
         lease = client.grant(user_id, purpose="sign", ttl_seconds=5)
-        ghost = Lease("00000000-0000-4000-8000-00000000dead", lease.session_id, user_id, 1, lease.expires_at, 5, session="")
+        ghost = Lease(
+            "00000000-0000-4000-8000-00000000dead",
+            lease.session_id,
+            user_id,
+            1,
+            lease.expires_at,
+            5,
+            session="",
+        )
         with pytest.raises(NoLease):
             client.renew(ghost)
         client.release(lease)

@@ -98,9 +98,7 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
                 )
             )
             self.session_id = result.session_id
-            self.refreshed = iter(
-                refresh_session(body, seed * 1000 + i)[0] for i in range(10**6)
-            )
+            self.refreshed = iter(refresh_session(body, seed * 1000 + i)[0] for i in range(10**6))
 
         @rule(target=leases, holder=st.sampled_from(["a", "b"]), ttl=st.integers(1, 30))
         def grant(self, holder: str, ttl: int) -> ModelLease | None:

@@ -24,7 +24,7 @@ from vault.service import (
     USER_ID_PATTERN,
     events_page,
 )
-from vault.store import AuditFilter
+from vault.store import FIRST_ID, AuditFilter
 
 __all__ = ["router"]
 
@@ -70,7 +70,7 @@ def _us(moment: datetime | None) -> int | None:
 
 def _cursor(cursor: str | None) -> int:
     if cursor is None:
-        return 0
+        return FIRST_ID
     if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > INT64_MAX:
         raise InvalidRequest("cursor is not one this API returned")
     return int(cursor)

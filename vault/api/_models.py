@@ -74,8 +74,9 @@ class ImportedSession(BaseModel):
 
 
 class NewToken(_Request):
-    role: Literal["ingest", "auditor"] = Field(
-        description="`signer` and `admin` tokens are created with the CLI only (`session-vault token create`)"
+    role: Literal["ingest", "signer", "auditor", "admin"] = Field(
+        description="Over the API only `ingest` and `auditor`: `signer` and `admin` tokens are created with "
+        "the CLI (`session-vault token create`); asking for one here is 403 `forbidden`, audited."
     )
     name: str = Field(pattern=NAME_PATTERN, description="1-128 letters, digits, spaces or `._:@/-`.")
     expires_in: int | None = Field(

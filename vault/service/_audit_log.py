@@ -12,7 +12,7 @@ from vault.audit import DEFAULT_SKEW_US, Checkpoint, Event, Problem, PublicKey, 
 from vault.errors import AuditChainBroken, InvalidRequest
 from vault.service._audit import Auditor, Context
 from vault.service._sealer import chain_mac, check_chain
-from vault.store import AuditFilter, Store
+from vault.store import FIRST_ID, AuditFilter, Store
 
 __all__ = ["adopt_chain", "events_page", "export_lines", "parse_export", "read_everything", "verify_live"]
 
@@ -42,7 +42,7 @@ async def read_everything(store: Store) -> tuple[list[Event], list[Checkpoint]]:
     checkpoints: list[Checkpoint] = []
     async with store.transaction() as tx:
         while page := await tx.audit_events(
-            AuditFilter(), after_id=events[-1].id if events else 0, limit=_PAGE
+            AuditFilter(), after_id=events[-1].id if events else FIRST_ID, limit=_PAGE
         ):
             events.extend(page)
         while page_cp := await tx.audit_checkpoints(

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from vault.crypto import seal, session_aad, unseal
-from vault.errors import InvalidSession
+from vault.errors import DecryptionError, InvalidSession
 from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context
 from vault.service._keys import active_dek, dek_by_version
-from vault.sessions import parse_session
+from vault.sessions import ParsedSession, parse_session
 from vault.store import LockedSession, SessionRow, Store, Tx
 
 __all__ = ["IngestResult", "ingest", "open_session"]
@@ -52,6 +52,27 @@ async def ingest(
             await tx.insert_audit(auditor.record(ctx, "session.ingest", "denied", detail=exc.code))
         raise
     session_id = str(uuid.uuid4())
+    try:
+        return await _store(store, kek, cache, auditor, ctx, serialized, parsed, session_id, now)
+    except DecryptionError as exc:  # the user's DEK does not unwrap: audited, in a transaction of its own
+        async with store.transaction() as tx:
+            await tx.insert_audit(
+                auditor.record(ctx, "session.ingest", "error", user_id=parsed.user_id, detail=exc.code)
+            )
+        raise
+
+
+async def _store(
+    store: Store,
+    kek: KekProvider,
+    cache: DekCache,
+    auditor: Auditor,
+    ctx: Context,
+    serialized: str,
+    parsed: ParsedSession,
+    session_id: str,
+    now: datetime,
+) -> IngestResult:
     async with store.transaction() as tx:
         await tx.ensure_user_locked(parsed.user_id, now)
         dek_version, dek = await active_dek(tx, kek, cache, parsed.user_id, now=now)

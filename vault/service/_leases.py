@@ -319,6 +319,27 @@ class LeaseService:
                 parsed = parse_session(session, now=datetime.now(UTC), max_lifetime=self.max_lifetime)
             except InvalidSession as exc:
                 invalid = exc
+        try:
+            error = await self._release_in(ctx, lease_id, fencing_token, session, parsed, invalid)
+        except DecryptionError as exc:  # the stored session or its DEK does not open: audited on its own
+            async with self.store.transaction() as tx:
+                await tx.insert_audit(
+                    self.auditor.record(ctx, "lease.release", "error", lease_id=lease_id,
+                                        fencing_token=fencing_token, detail=exc.code)
+                )  # fmt: skip
+            raise
+        if error is not None:
+            raise error
+
+    async def _release_in(
+        self,
+        ctx: Context,
+        lease_id: str,
+        fencing_token: int,
+        session: str | None,
+        parsed: ParsedSession | None,
+        invalid: VaultError | None,
+    ) -> VaultError | None:
         async with self.store.transaction() as tx:
             state = await tx.lock_lease(lease_id)
             error = self._holder_error(ctx, state, fencing_token) or invalid
@@ -341,8 +362,7 @@ class LeaseService:
                 await self._refuse(tx, ctx, "lease.release", error, state, lease_id, fencing_token)
             else:
                 await self._finish(tx, ctx, state, session if parsed is not None else None, parsed)
-        if error is not None:
-            raise error
+        return error
 
     async def _wallet_change(self, tx: Tx, state: LockedLease, parsed: ParsedSession) -> VaultError | None:
         """A refusal if ``parsed`` changes the stored session's wallet ids or drops a signer."""

@@ -35,7 +35,7 @@ from vault.audit import (
     link,
 )
 from vault.errors import AuditChainBroken
-from vault.store import ChainState, Store, Tx
+from vault.store import FIRST_ID, ChainState, Store, Tx
 
 __all__ = ["CHAIN_MAC_PURPOSE", "SealResult", "chain_mac", "check_chain", "seal"]
 
@@ -73,6 +73,14 @@ async def check_chain(tx: Tx, keys: AuditKeys, state: ChainState) -> None:
             raise AuditChainBroken("the audit_chain row has no MAC but is not the genesis state")
     elif not keys.mac_ok(_payload(state), state.mac, purpose=CHAIN_MAC_PURPOSE):
         raise AuditChainBroken("the audit_chain row fails its MAC")
+    # A genuine but older row (replayed) names a checkpoint that is not the newest one.
+    newest = await tx.audit_checkpoints(after_id=max(0, state.checkpoint_id - 1), limit=2)
+    if state.checkpoint_id == 0:
+        pass  # genesis: no checkpoint exists (checked above)
+    elif [cp.id for cp in newest] != [state.checkpoint_id] or checkpoint_hash(
+        newest[0]
+    ) != state.checkpoint_hash:
+        raise AuditChainBroken("the audit_chain row does not name the newest checkpoint")
     rows = await tx.sealed_from(max(1, state.seq - 1))
     expected = [s for s in (state.seq - 1, state.seq) if s >= 1]
     if [e.seq for e in rows] != expected:
@@ -114,7 +122,7 @@ async def seal(
         await check_chain(tx, keys, state)
         seq, head, max_id = state.seq, state.head, state.max_id
         sealed: list[tuple[int, int, bytes]] = []
-        rejected, after = 0, 0
+        rejected, after = 0, FIRST_ID
         # Page past rows left unsealed (forged), so any number of them cannot stall the chain.
         while len(sealed) < batch and (page := await tx.unsealed_events(batch, after_id=after)):
             for event in page:

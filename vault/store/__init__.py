@@ -1,6 +1,6 @@
 """Persistence: SQLAlchemy models, migrations runner and queries. The only package that speaks SQL."""
 
-from vault.store._audit import AuditFilter
+from vault.store._audit import FIRST_ID, AuditFilter
 from vault.store._engine import make_engine
 from vault.store._migrate import alembic_config, migrations_dir, upgrade
 from vault.store._models import (
@@ -31,6 +31,7 @@ metadata = Base.metadata
 
 __all__ = [
     "AUDIT_TEXT_LIMITS",
+    "FIRST_ID",
     "AuditEvent",
     "AuditFilter",
     "AuditRecord",

@@ -21,7 +21,11 @@ from vault.store._exec import PG_ERRORS, Executor
 from vault.store._models import AuditChain, AuditCheckpoint, AuditEvent
 from vault.store._rows import AuditRecord, ChainState
 
-__all__ = ["AuditFilter", "AuditQueries"]
+__all__ = ["FIRST_ID", "AuditFilter", "AuditQueries"]
+
+# Below every event id: reads that must see every row start here, not at 0 (the database refuses ids
+# <= 0 from the vault's role, but a superuser could write one, and it must not hide from verify).
+FIRST_ID = -(2**63)
 
 _E: Table = cast(Table, AuditEvent.__table__)
 _C: Table = cast(Table, AuditCheckpoint.__table__)
@@ -101,7 +105,7 @@ class AuditQueries(Executor):
         assert row is not None, "the audit_chain row is missing (migrations not applied?)"
         return ChainState(**row)
 
-    async def unsealed_events(self, limit: int, *, after_id: int = 0) -> list[Event]:
+    async def unsealed_events(self, limit: int, *, after_id: int = FIRST_ID) -> list[Event]:
         return [Event(**row) for row in await self.fetch(_unsealed, {"after_id": after_id, "limit": limit})]
 
     async def sealed_from(self, seq: int) -> list[Event]:
