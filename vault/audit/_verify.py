@@ -149,6 +149,9 @@ def _unsealed(unsealed: list[Event], cps: list[Checkpoint], grace_us: int) -> Pr
     mark (the sealer had seen every id up to it) or, for format-1 checkpoints, by time. A checkpoint is
     settled once a newer one is ``grace_us`` later, so a transaction that committed just after a
     checkpoint is not flagged before the sealer had a chance to seal it."""
+    for event in unsealed:
+        if event.id <= 0:
+            return Problem("inserted", None, event.id, "an event id the vault never assigns (0 or less)")
     if not cps:
         return None
     last = cps[-1]

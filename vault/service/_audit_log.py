@@ -124,7 +124,10 @@ async def adopt_chain(store: Store, auditor: Auditor, ctx: Context, key: PublicK
         if state.mac is not None:
             raise InvalidRequest("the audit_chain row is authenticated already")
         adopted = dataclasses.replace(state, mac=chain_mac(auditor.keys, state))
-        await check_chain(tx, auditor.keys, adopted)  # the head event must be the vault's too
+        try:  # the head, the newest checkpoint and the high-water mark must agree with the log too
+            await check_chain(tx, auditor.keys, adopted)
+        except AuditChainBroken as exc:
+            return dataclasses.replace(report, problem=Problem("chain_broken", None, None, exc.detail))
         await tx.save_chain(adopted)
         await tx.insert_audit(auditor.record(ctx, "audit.adopt_chain", "ok", detail=f"seq {state.seq}"))
     return report

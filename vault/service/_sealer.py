@@ -81,6 +81,8 @@ async def check_chain(tx: Tx, keys: AuditKeys, state: ChainState) -> None:
         newest[0]
     ) != state.checkpoint_hash:
         raise AuditChainBroken("the audit_chain row does not name the newest checkpoint")
+    if state.max_id > await tx.max_event_id():
+        raise AuditChainBroken("the audit_chain row's high-water mark is above every event id")
     rows = await tx.sealed_from(max(1, state.seq - 1))
     expected = [s for s in (state.seq - 1, state.seq) if s >= 1]
     if [e.seq for e in rows] != expected:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
@@ -66,6 +66,10 @@ def _unsealed(_now: ColumnElement[Any]) -> Executable:
     )
 
 
+def _max_event_id(_now: ColumnElement[Any]) -> Executable:
+    return select(func.max(_E.c.id).label("max_id"))
+
+
 def _sealed_from(_now: ColumnElement[Any]) -> Executable:
     return select(*_EVENT_COLUMNS).where(_E.c.seq >= bindparam("seq")).order_by(_E.c.seq).limit(3)
 
@@ -107,6 +111,11 @@ class AuditQueries(Executor):
 
     async def unsealed_events(self, limit: int, *, after_id: int = FIRST_ID) -> list[Event]:
         return [Event(**row) for row in await self.fetch(_unsealed, {"after_id": after_id, "limit": limit})]
+
+    async def max_event_id(self) -> int:
+        """The highest event id in the table (0 when it is empty)."""
+        row = await self.fetch_one(_max_event_id)
+        return int(row["max_id"] or 0) if row is not None else 0
 
     async def sealed_from(self, seq: int) -> list[Event]:
         """The sealed events at ``seq`` and after, in order, at most three (the sealer's check of the
