@@ -128,6 +128,7 @@ EXPECTED = {
     "vault.store": {
         "alembic_config",
         "AUDIT_TEXT_LIMITS",
+        "FIRST_ID",
         "AuditEvent",
         "AuditFilter",
         "AuditRecord",
