@@ -68,9 +68,9 @@ def _us(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1_000_000)
 
 
-def _cursor(cursor: str | None) -> int:
+def _cursor(cursor: str | None, start: int = 0) -> int:
     if cursor is None:
-        return FIRST_ID
+        return start
     if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > INT64_MAX:
         raise InvalidRequest("cursor is not one this API returned")
     return int(cursor)
@@ -105,7 +105,9 @@ async def audit_events(
         user_id=user_id, actor_token_id=actor, action=action, outcome=outcome, since_us=_us(since),
         until_us=_us(until), subject=subject,
     )  # fmt: skip
-    events = await events_page(vault.store, vault.auditor, ctx, where, after_id=_cursor(cursor), limit=limit)
+    events = await events_page(
+        vault.store, vault.auditor, ctx, where, after_id=_cursor(cursor, FIRST_ID), limit=limit
+    )
     next_cursor = str(events[-1].id) if len(events) == limit else None
     return EventPage(events=[_event_view(ev) for ev in events], next_cursor=next_cursor)
 
