@@ -24,13 +24,16 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from sqlalchemy import select
 
 from tests.sessiongen import make_session, refresh_session
 from vault.audit import AuditKeys
 from vault.errors import Forbidden, LeaseHeld, LeaseLost
 from vault.keys import DekCache, LocalKeyringProvider
 from vault.service import Auditor, Context, LeaseService, Principal, Role, ingest
-from vault.store import Store
+from vault.store import Lease, Store
+
+_LEASES: Any = Lease.__table__
 
 HOLDERS = {
     name: Principal(token_id=name * 16, name=name, role=Role.SIGNER, purposes=None, max_ttl_seconds=None)
@@ -177,10 +180,12 @@ def _machine(db_url: str, keyring: Path) -> type[RuleBasedStateMachine]:
         def database_agrees_with_the_model(self) -> None:
             async def rows() -> list[Any]:
                 async with self.store.transaction() as tx:
-                    result = await tx.conn.exec_driver_sql(
-                        "SELECT id, fencing_token, expires_us, ended_us FROM leases ORDER BY fencing_token"
+                    rows = await tx.fetch_query(
+                        select(
+                            _LEASES.c.id, _LEASES.c.fencing_token, _LEASES.c.expires_us, _LEASES.c.ended_us
+                        ).order_by(_LEASES.c.fencing_token)
                     )
-                    return list(result)
+                    return [tuple(r.values()) for r in rows]
 
             if not hasattr(self, "session_id"):
                 return

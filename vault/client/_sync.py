@@ -188,7 +188,7 @@ class LeaseScope:
         if self._entered:
             raise RuntimeError("a lease scope can be entered only once")
         self._entered = True
-        lease = self._client._grant_waiting(self._request, self._wait)
+        lease = self._client._grant_waiting(self._request, self._wait)  # noqa: SLF001 - its own client
         self._lease = lease
         if self._renew:
             self._renewer = _Renewer(self._client, lease)

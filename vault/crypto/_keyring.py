@@ -176,7 +176,7 @@ class Keyring:
             return NotImplemented
         if self._active != other._active or self._keys.keys() != other._keys.keys():
             return False
-        same = [self._keys[v] == other._keys[v] for v in self._keys]  # no early exit on key bytes
+        same = [self._keys[v] == other._keys[v] for v in self._keys]  # noqa: SLF001 - no early exit on key bytes
         return all(same)
 
     def __repr__(self) -> str:

@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 from vault.audit import Checkpoint, Event
-from vault.errors import AuditUnavailable
-from vault.store._exec import PG_ERRORS, Executor
+from vault.errors import AuditUnavailable, StoreUnavailable
+from vault.store._exec import Executor
 from vault.store._models import AuditChain, AuditCheckpoint, AuditEvent
 from vault.store._rows import AuditRecord, ChainState
 
@@ -101,7 +100,7 @@ class AuditQueries(Executor):
         fails with :class:`AuditUnavailable`: whatever the event records does not happen (fail-closed)."""
         try:
             await self.fetch(_insert_event, asdict(record))
-        except (DBAPIError, *PG_ERRORS) as exc:
+        except StoreUnavailable as exc:
             raise AuditUnavailable() from exc
 
     async def lock_chain(self) -> ChainState:
@@ -152,7 +151,7 @@ class AuditQueries(Executor):
         if where.subject is not None:
             query = query.where(_E.c.subjects.contains(where.subject, autoescape=True))
         query = query.order_by(_E.c.id).limit(limit)
-        return [Event(**row) for row in (await self.conn.execute(query)).mappings()]
+        return [Event(**row) for row in await self.fetch_query(query)]
 
     async def audit_checkpoints(self, *, after_id: int, limit: int) -> list[Checkpoint]:
         return [

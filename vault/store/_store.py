@@ -2,11 +2,18 @@
 
 Transaction boundaries belong to the service layer: it opens ``store.transaction()`` and calls the
 methods of the :class:`Tx` it gets. Database errors become :class:`StoreUnavailable` without their text
-(which can carry SQL and values).
+(which can carry SQL and values), at the driver call that raised them (see :mod:`vault.store._exec`);
+an exception raised by the caller's own code inside the block rolls the transaction back and passes
+through unchanged.
+
+On PostgreSQL the vault runs its statements on its own asyncpg pool (``VAULT_DB_POOL_SIZE``
+connections); the SQLAlchemy engine is kept for the migrations. On SQLite everything goes through the
+SQLAlchemy engine (one connection per process).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -15,16 +22,15 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, select, text, update
+import asyncpg
+from sqlalchemy import ColumnElement, Table, bindparam, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
-from vault.errors import StoreUnavailable, VaultError
 from vault.store._audit import AuditQueries
 from vault.store._engine import make_engine
-from vault.store._exec import PG_ERRORS, Builder
+from vault.store._exec import Builder, translated
 from vault.store._leases import LeaseQueries
 from vault.store._models import ServiceToken, SessionRecord, User, UserKey
 from vault.store._rows import SessionRow, TokenRow, UserKeyRow
@@ -42,40 +48,99 @@ _KEYS: Table = cast(Table, UserKey.__table__)
 class Store:
     """A handle on the database. Safe to share between tasks; each transaction takes its own connection."""
 
-    def __init__(self, engine: AsyncEngine, *, clock_us: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, pool_size: int = 10, clock_us: Callable[[], int] | None = None
+    ) -> None:
         """``clock_us`` replaces the database's clock for lease decisions: for tests only."""
         self.engine = engine
         self.dialect = engine.dialect.name
         self.clock_us = clock_us
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 10, clock_us: Callable[[], int] | None = None) -> Store:
-        return cls(make_engine(url, pool_size=pool_size), clock_us=clock_us)
+        return cls(make_engine(url, pool_size=pool_size), pool_size=pool_size, clock_us=clock_us)
+
+    def __repr__(self) -> str:
+        return f"Store(dialect={self.dialect!r}, pool_size={self._pool_size})"
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         await self.engine.dispose()
+
+    async def _pg_pool(self) -> asyncpg.Pool:
+        async with self._pool_lock:
+            if self._pool is None:
+                # The engine's URL, as libpq's: postgresql://user:password@host:port/db?options
+                dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                with translated():
+                    self._pool = await asyncpg.create_pool(
+                        dsn, min_size=0, max_size=self._pool_size, max_inactive_connection_lifetime=300
+                    )
+            return self._pool
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        """One database transaction: committed if the block succeeds, rolled back if it raises."""
+        """One database transaction: committed if the block succeeds, rolled back if it raises (the
+        block's own exception then propagates unchanged; a failed rollback is logged by type only)."""
+        if self.dialect == "postgresql":
+            async with self._pg_transaction() as tx:
+                yield tx
+            return
+        conn = self.engine.connect()
+        with translated():
+            await conn.start()
         try:
-            async with self.engine.begin() as conn:
+            with translated():
+                await conn.begin()
+            try:
                 yield Tx(conn, self.dialect, self.clock_us)
-        except VaultError:
-            raise
-        except (DBAPIError, SQLAlchemyError, OSError, *PG_ERRORS) as exc:
-            # The type and SQLSTATE say what went wrong; the message could carry values, so it is not logged.
-            orig = getattr(exc, "orig", None)
-            log.warning(
-                "database error: %s (sqlstate %s)",
-                type(orig or exc).__name__,
-                getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None),
-            )
-            raise StoreUnavailable() from exc
+            except BaseException:
+                await _quietly(conn.rollback())
+                raise
+            with translated():
+                await conn.commit()
+        finally:
+            await _quietly(conn.close())
+
+    @asynccontextmanager
+    async def _pg_transaction(self) -> AsyncIterator[Tx]:
+        pool = await self._pg_pool()
+        with translated():
+            conn = await pool.acquire()
+        try:
+            outer = conn.transaction()
+            with translated():
+                await outer.start()
+            try:
+                yield Tx(None, self.dialect, self.clock_us, pg=conn)
+            except BaseException:
+                await _quietly(outer.rollback())
+                raise
+            with translated():
+                await outer.commit()
+        finally:
+            await _quietly(pool.release(conn))
 
     async def ping(self) -> None:
         async with self.transaction() as tx:
-            await tx.conn.execute(text("SELECT 1"))
+            await tx.fetch(_ping)
+
+
+async def _quietly(step: Any) -> None:
+    """Clean-up after a failure: its own error must not hide the first one (logged by type only)."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("database clean-up failed: %s", type(exc).__name__)
+
+
+def _ping(_now: ColumnElement[Any]) -> Executable:
+    return select(literal(1).label("one"))
 
 
 def _typed(table: Any, names: list[str]) -> dict[str, Any]:
@@ -149,7 +214,7 @@ def _token(_now: ColumnElement[Any]) -> Executable:
 
 
 def _tokens(_now: ColumnElement[Any]) -> Executable:
-    return select(_TOKENS).order_by(_TOKENS.c.created_at)
+    return select(_TOKENS).order_by(_TOKENS.c.created_at, _TOKENS.c.id)  # ties in a stable order
 
 
 def _revoke(_now: ColumnElement[Any]) -> Executable:
@@ -165,9 +230,15 @@ class Tx(LeaseQueries, AuditQueries):
     """The queries available inside one transaction."""
 
     def __init__(
-        self, conn: AsyncConnection, dialect: str, clock_us: Callable[[], int] | None = None
+        self,
+        conn: AsyncConnection | None,
+        dialect: str,
+        clock_us: Callable[[], int] | None = None,
+        *,
+        pg: asyncpg.Connection | None = None,
     ) -> None:
-        self.conn = conn
+        self._sa = conn
+        self._pg = pg
         self._dialect = dialect
         self._clock_us = clock_us
 
