@@ -18,7 +18,7 @@ from tests.sessiongen import make_session, secret_strings, signer_strings
 from vault.crypto import unseal
 from vault.errors import DecryptionError
 from vault.keys import DekCache, LocalKeyringProvider
-from vault.service import open_session
+from vault.service import Keys, open_session, with_keys
 from vault.settings import Settings
 from vault.store import Store
 
@@ -34,10 +34,14 @@ def _decrypt(settings: Settings, session_id: str) -> str:
         store = Store.connect(settings.require_database_url(), pool_size=1)
         kek = LocalKeyringProvider.from_file(settings.require_keyring_file())
         try:
-            async with store.transaction() as tx:
-                row = await tx.session(session_id)
+
+            async def attempt(keys: Keys) -> str:
+                async with store.transaction() as tx:
+                    row = await tx.session(session_id)
                 assert row is not None
-                return await open_session(tx, kek, DekCache(ttl=0, max_entries=0), row)
+                return open_session(keys, row)
+
+            return await with_keys(store, kek, DekCache(ttl=0, max_entries=0), attempt)
         finally:
             await store.close()
 

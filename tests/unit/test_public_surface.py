@@ -100,6 +100,7 @@ EXPECTED = {
         "Grant",
         "ingest",
         "IngestResult",
+        "Keys",
         "INT64_MAX",
         "LeaseService",
         "list_tokens",
@@ -124,6 +125,7 @@ EXPECTED = {
         "UUID_PATTERN",
         "Vault",
         "verify_live",
+        "with_keys",
     },
     "vault.store": {
         "alembic_config",

@@ -20,6 +20,7 @@ from vault.service._ids import (
     UUID_PATTERN,
 )
 from vault.service._ingest import IngestResult, ingest, open_session
+from vault.service._keys import Keys, with_keys
 from vault.service._leases import DEFAULT_TTL, Grant, LeaseService, Renewal
 from vault.service._principal import Principal, Role
 from vault.service._sealer import SealResult, chain_mac, seal
@@ -52,6 +53,7 @@ __all__ = [
     "Context",
     "Grant",
     "IngestResult",
+    "Keys",
     "LeaseService",
     "Principal",
     "Renewal",
@@ -75,4 +77,5 @@ __all__ = [
     "seal",
     "utcnow",
     "verify_live",
+    "with_keys",
 ]

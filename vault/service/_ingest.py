@@ -10,9 +10,9 @@ from vault.crypto import seal, session_aad, unseal
 from vault.errors import DecryptionError, InvalidSession
 from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context
-from vault.service._keys import active_dek, dek_by_version
+from vault.service._keys import Keys, active_dek, with_keys
 from vault.sessions import ParsedSession, parse_session
-from vault.store import LockedSession, SessionRow, Store, Tx
+from vault.store import LockedSession, SessionRow, Store
 
 __all__ = ["IngestResult", "ingest", "open_session"]
 
@@ -53,7 +53,12 @@ async def ingest(
         raise
     session_id = str(uuid.uuid4())
     try:
-        return await _store(store, kek, cache, auditor, ctx, serialized, parsed, session_id, now)
+        return await with_keys(
+            store,
+            kek,
+            cache,
+            lambda keys: _store(store, keys, auditor, ctx, serialized, parsed, session_id, now),
+        )
     except DecryptionError as exc:  # the user's DEK does not unwrap: audited, in a transaction of its own
         async with store.transaction() as tx:
             await tx.insert_audit(
@@ -64,8 +69,7 @@ async def ingest(
 
 async def _store(
     store: Store,
-    kek: KekProvider,
-    cache: DekCache,
+    keys: Keys,
     auditor: Auditor,
     ctx: Context,
     serialized: str,
@@ -75,7 +79,7 @@ async def _store(
 ) -> IngestResult:
     async with store.transaction() as tx:
         await tx.ensure_user_locked(parsed.user_id, now)
-        dek_version, dek = await active_dek(tx, kek, cache, parsed.user_id, now=now)
+        dek_version, dek = await active_dek(tx, keys, parsed.user_id, now=now)
         ciphertext = seal(
             serialized.encode(),
             key=dek.reveal(),
@@ -117,8 +121,9 @@ async def _store(
     )
 
 
-async def open_session(tx: Tx, kek: KekProvider, cache: DekCache, row: SessionRow | LockedSession) -> str:
-    """Decrypt a stored session. Raises :class:`~vault.errors.DecryptionError` on any mismatch."""
-    dek = await dek_by_version(tx, kek, cache, row.user_id, row.dek_version)
+def open_session(keys: Keys, row: SessionRow | LockedSession) -> str:
+    """Decrypt a stored session with a resolved DEK (no I/O). Raises :class:`~vault.errors.DecryptionError`
+    on any mismatch, :class:`KeyNeeded` if the DEK is not resolved yet."""
+    dek = keys.get(row.user_id, row.dek_version)
     plaintext = unseal(row.ciphertext, key=dek.reveal(), aad=session_aad(row.user_id, row.id, row.version))
     return plaintext.decode()

@@ -1,58 +1,106 @@
-"""Per-user data keys: created on a user's first ingest, unwrapped through the KEK provider, cached."""
+"""Per-user data keys, resolved before the transaction that uses them: no KEK call under a lock.
+
+A transaction never calls the key-encryption-key provider (a network KMS, later): a KEK call that
+stalls while the transaction holds row locks and a pool connection would stall every other request.
+Inside a transaction a DEK comes only from :class:`Keys` (what this request resolved already) or the DEK
+cache; a miss raises :class:`KeyNeeded`, which rolls the transaction back. :func:`with_keys` then
+resolves that key with no transaction open (one short read of the wrapped key, then the KEK call) and
+runs the transaction again, which re-reads the key's version under its locks. If the version moved in
+between (a rotation, or another request created the user's first key), it resolves again: once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from vault.crypto import SecretBytes, dek_aad, generate_key
-from vault.errors import DecryptionError
+from vault.errors import DecryptionError, KeyUnavailable
 from vault.keys import DekCache, KekProvider, WrappedKey
-from vault.store import Tx, UserKeyRow
+from vault.store import Store, Tx, UserKeyRow
 
-__all__ = ["active_dek", "dek_by_version"]
+__all__ = ["KeyNeeded", "Keys", "active_dek", "with_keys"]
+
+T = TypeVar("T")
+_ATTEMPTS = 3  # the first try, the one after resolving, and one more if the key moved meanwhile
 
 
-async def active_dek(
-    tx: Tx, kek: KekProvider, cache: DekCache, user_id: str, *, now: datetime
-) -> tuple[int, SecretBytes]:
-    """The user's active DEK, created and wrapped on first use. Call with the user's row locked."""
+class KeyNeeded(Exception):
+    """Control flow inside the service layer: this transaction needs a DEK nobody resolved yet.
+    ``version`` None: the user has no key yet, and a new one must be generated and wrapped."""
+
+    def __init__(self, user_id: str, version: int | None) -> None:
+        super().__init__("a data key must be resolved before the transaction")
+        self.user_id = user_id
+        self.version = version
+
+
+@dataclass(eq=False)
+class Keys:
+    """The DEKs one request resolved outside its transaction, in front of the shared DEK cache."""
+
+    cache: DekCache
+    found: dict[tuple[str, int], SecretBytes] = field(default_factory=dict, repr=False)
+    new: dict[str, tuple[SecretBytes, WrappedKey]] = field(default_factory=dict, repr=False)
+
+    def get(self, user_id: str, version: int) -> SecretBytes:
+        """The DEK, without any I/O; :class:`KeyNeeded` if it has not been resolved."""
+        dek = self.found.get((user_id, version)) or self.cache.get(user_id, version)
+        if dek is None:
+            raise KeyNeeded(user_id, version)
+        return dek
+
+
+async def active_dek(tx: Tx, keys: Keys, user_id: str, *, now: datetime) -> tuple[int, SecretBytes]:
+    """The user's active DEK (version, key), inserting the one resolved for a new user. Call with the
+    user's row locked. No KEK call: :class:`KeyNeeded` when the key is not resolved yet."""
     row = await tx.active_user_key(user_id)
-    if row is None:
-        dek = generate_key()
-        wrapped = await kek.wrap(dek, aad=dek_aad(user_id, 1))
-        await tx.insert_user_key(
-            UserKeyRow(
-                user_id=user_id,
-                dek_version=1,
-                wrapped_dek=wrapped.blob,
-                kek_id=wrapped.kek_id,
-                kek_version=wrapped.kek_version,
-                status="active",
-                created_at=now,
-            )
+    if row is not None:
+        return row.dek_version, keys.get(user_id, row.dek_version)
+    prepared = keys.new.get(user_id)
+    if prepared is None:
+        raise KeyNeeded(user_id, None)
+    dek, wrapped = prepared
+    await tx.insert_user_key(
+        UserKeyRow(
+            user_id=user_id, dek_version=1, wrapped_dek=wrapped.blob, kek_id=wrapped.kek_id,
+            kek_version=wrapped.kek_version, status="active", created_at=now,
         )
-        # Not cached yet: the transaction may still roll back.
-        return 1, SecretBytes(dek)
-    return row.dek_version, await _unwrap(row, kek, cache)
+    )  # fmt: skip
+    return 1, dek  # not cached: the transaction may still roll back
 
 
-async def dek_by_version(
-    tx: Tx, kek: KekProvider, cache: DekCache, user_id: str, version: int
-) -> SecretBytes:
-    cached = cache.get(user_id, version)
-    if cached is not None:
-        return cached
-    row = await tx.user_key(user_id, version)
+async def _resolve(store: Store, kek: KekProvider, keys: Keys, need: KeyNeeded) -> None:
+    """With no transaction open: unwrap the needed DEK (or make a new user's first one)."""
+    if need.version is None:
+        fresh = generate_key()
+        wrapped = await kek.wrap(fresh, aad=dek_aad(need.user_id, 1))
+        keys.new[need.user_id] = (SecretBytes(fresh), wrapped)
+        return
+    async with store.transaction() as tx:
+        row = await tx.user_key(need.user_id, need.version)
     if row is None:
         raise DecryptionError()
-    return await _unwrap(row, kek, cache)
-
-
-async def _unwrap(row: UserKeyRow, kek: KekProvider, cache: DekCache) -> SecretBytes:
-    cached = cache.get(row.user_id, row.dek_version)
-    if cached is not None:
-        return cached
     wrapped = WrappedKey(kek_id=row.kek_id, kek_version=row.kek_version, blob=row.wrapped_dek)
     dek = SecretBytes(await kek.unwrap(wrapped, aad=dek_aad(row.user_id, row.dek_version)))
-    cache.put(row.user_id, row.dek_version, dek)
-    return dek
+    keys.found[(row.user_id, row.dek_version)] = dek
+    keys.cache.put(row.user_id, row.dek_version, dek)
+
+
+async def with_keys(
+    store: Store, kek: KekProvider, cache: DekCache, attempt: Callable[[Keys], Awaitable[T]]
+) -> T:
+    """Run ``attempt`` (which opens its own transaction) until no key it needs is missing.
+
+    Raises :class:`KeyUnavailable` if the key still moved after one retry (the caller may retry), and
+    whatever ``attempt`` or the KEK provider raise.
+    """
+    keys = Keys(cache)
+    for _ in range(_ATTEMPTS):
+        try:
+            return await attempt(keys)
+        except KeyNeeded as need:
+            await _resolve(store, kek, keys, need)
+    raise KeyUnavailable("the user's data key changed during the request; retry")

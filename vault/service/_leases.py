@@ -34,7 +34,7 @@ from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context
 from vault.service._ids import PURPOSE_PATTERN
 from vault.service._ingest import open_session
-from vault.service._keys import active_dek
+from vault.service._keys import Keys, active_dek, with_keys
 from vault.sessions import ParsedSession, parse_session, wallet_change
 from vault.store import AuditRecord, LockedLease, Store, Tx
 
@@ -147,12 +147,16 @@ class LeaseService:
         """
         assert ctx.principal is not None and (user_id is None) != (session_id is None)
         ttl = await self._check_request(ctx, purpose, ttl_seconds, user_id, session_id)
-        try:
+
+        async def attempt(keys: Keys) -> tuple[VaultError | None, Grant | None]:
             async with self.store.transaction() as tx:
-                error, grant = await self._grant_in(
-                    tx, ctx, purpose, ttl, session_id=session_id, user_id=user_id,
+                return await self._grant_in(
+                    tx, keys, ctx, purpose, ttl, session_id=session_id, user_id=user_id,
                     allow_wallet_changes=allow_wallet_changes,
                 )  # fmt: skip
+
+        try:
+            error, grant = await with_keys(self.store, self.kek, self.cache, attempt)
         except DecryptionError as exc:
             async with self.store.transaction() as tx:
                 await tx.insert_audit(
@@ -168,6 +172,7 @@ class LeaseService:
     async def _grant_in(
         self,
         tx: Tx,
+        keys: Keys,
         ctx: Context,
         purpose: str,
         ttl: int,
@@ -208,6 +213,7 @@ class LeaseService:
         )
         if refusal is not None:
             return await deny(refusal, now, locked.user_id, locked.id)
+        keys.get(locked.user_id, locked.dek_version)  # resolved before the transaction, or KeyNeeded now
         if current is not None:
             await tx.end_lease(current.id, now_us=now, reason="expired")
             await tx.insert_audit(
@@ -239,7 +245,7 @@ class LeaseService:
             )
         )
         # Decrypted inside the transaction, returned only after it (and its audit event) committed.
-        plaintext = await open_session(tx, self.kek, self.cache, locked)
+        plaintext = open_session(keys, locked)
         grant = Grant(
             lease_id=lease_id,
             session_id=locked.id,
@@ -320,7 +326,10 @@ class LeaseService:
             except InvalidSession as exc:
                 invalid = exc
         try:
-            error = await self._release_in(ctx, lease_id, fencing_token, session, parsed, invalid)
+            error = await with_keys(
+                self.store, self.kek, self.cache,
+                lambda keys: self._release_in(keys, ctx, lease_id, fencing_token, session, parsed, invalid),
+            )  # fmt: skip
         except DecryptionError as exc:  # the stored session or its DEK does not open: audited on its own
             async with self.store.transaction() as tx:
                 await tx.insert_audit(
@@ -333,6 +342,7 @@ class LeaseService:
 
     async def _release_in(
         self,
+        keys: Keys,
         ctx: Context,
         lease_id: str,
         fencing_token: int,
@@ -341,6 +351,8 @@ class LeaseService:
         invalid: VaultError | None,
     ) -> VaultError | None:
         async with self.store.transaction() as tx:
+            if parsed is not None:  # a write-back may touch the user's keys: lock user, then session
+                await tx.lock_user_of_lease(lease_id)
             state = await tx.lock_lease(lease_id)
             error = self._holder_error(ctx, state, fencing_token) or invalid
             if (
@@ -356,24 +368,32 @@ class LeaseService:
                 and parsed is not None
                 and not state.lease.allow_wallet_changes
             ):
-                error = await self._wallet_change(tx, state, parsed)
+                error = await self._wallet_change(tx, keys, state, parsed)
             if error is not None or state is None:
                 error = error or NoLease()
                 await self._refuse(tx, ctx, "lease.release", error, state, lease_id, fencing_token)
             else:
-                await self._finish(tx, ctx, state, session if parsed is not None else None, parsed)
+                await self._finish(tx, keys, ctx, state, session if parsed is not None else None, parsed)
         return error
 
-    async def _wallet_change(self, tx: Tx, state: LockedLease, parsed: ParsedSession) -> VaultError | None:
+    async def _wallet_change(
+        self, tx: Tx, keys: Keys, state: LockedLease, parsed: ParsedSession
+    ) -> VaultError | None:
         """A refusal if ``parsed`` changes the stored session's wallet ids or drops a signer."""
         stored = await tx.session(state.lease.session_id)
         assert stored is not None  # sessions are never deleted
-        current = parse_session(await open_session(tx, self.kek, self.cache, stored), now=from_us(0))
+        current = parse_session(open_session(keys, stored), now=from_us(0))
         reason = wallet_change(current, parsed)
         return None if reason is None else InvalidSession(reason)
 
     async def _finish(
-        self, tx: Tx, ctx: Context, state: LockedLease, session: str | None, parsed: ParsedSession | None
+        self,
+        tx: Tx,
+        keys: Keys,
+        ctx: Context,
+        state: LockedLease,
+        session: str | None,
+        parsed: ParsedSession | None,
     ) -> None:
         """Write the refreshed session back (if any) as the next version, then end the lease."""
         lease = state.lease
@@ -387,7 +407,7 @@ class LeaseService:
 
         if session is not None and parsed is not None:
             now = datetime.now(UTC)
-            dek_version, dek = await active_dek(tx, self.kek, self.cache, lease.user_id, now=now)
+            dek_version, dek = await active_dek(tx, keys, lease.user_id, now=now)
             version = state.session_version + 1
             aad = session_aad(lease.user_id, lease.session_id, version)
             ciphertext = seal(session.encode(), key=dek.reveal(), key_version=dek_version, aad=aad)

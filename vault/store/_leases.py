@@ -18,13 +18,14 @@ from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, lite
 from sqlalchemy.sql import Executable
 
 from vault.store._exec import Executor
-from vault.store._models import Lease, SessionRecord
+from vault.store._models import Lease, SessionRecord, User
 from vault.store._rows import LeaseRow, LockedLease, LockedSession, SessionPeek
 
 __all__ = ["LeaseQueries"]
 
 _S: Table = cast(Table, SessionRecord.__table__)
 _L: Table = cast(Table, Lease.__table__)
+_U: Table = cast(Table, User.__table__)
 _OPEN = and_(_L.c.session_id == _S.c.id, _L.c.ended_us.is_(None))
 
 
@@ -96,6 +97,11 @@ def _lock_lease_session(_now: ColumnElement[Any]) -> Executable:
     return select(_S.c.version).where(_S.c.id == session_of_lease).with_for_update()
 
 
+def _lock_user_of_lease(_now: ColumnElement[Any]) -> Executable:
+    owner = select(_L.c.user_id).where(_L.c.id == bindparam("lease_id")).scalar_subquery()
+    return select(_U.c.id).where(_U.c.id == owner).with_for_update()
+
+
 def _lease_and_clock(now: ColumnElement[Any]) -> Executable:
     return select(now.label("now_us"), *_L.c).where(_L.c.id == bindparam("lease_id"))
 
@@ -152,6 +158,13 @@ class LeaseQueries(Executor):
         row = await self.fetch_one(_insert_lease, params)
         assert row is not None
         return int(row["fencing_token"])
+
+    async def lock_user_of_lease(self, lease_id: str) -> None:
+        """Lock the row of the lease's user (a write-back may change the user's keys), before any session
+        row: the one lock order, user then session, that ingest and key rotation use too. SQLite's
+        ``BEGIN IMMEDIATE`` holds the database write lock already."""
+        if self._dialect == "postgresql":
+            await self.fetch(_lock_user_of_lease, {"lease_id": lease_id})
 
     async def lock_lease(self, lease_id: str) -> LockedLease | None:
         """Lock the lease's session row, then read the lease and the clock.
