@@ -1,4 +1,4 @@
-"""HTTP/1.1 limits that uvicorn does not enforce, and the audited form of a client address.
+"""HTTP/1.1 limits that uvicorn does not enforce.
 
 :class:`LimitedHttpToolsProtocol` is uvicorn's httptools protocol with three limits added, per connection:
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import http
-import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -36,20 +35,7 @@ from uvicorn.server import ServerState
 
 from vault.settings import Settings
 
-__all__ = ["LimitedHttpToolsProtocol", "limited_protocol", "source_address"]
-
-
-def source_address(host: str | None) -> str | None:
-    """``host`` as a canonical IP address (brackets and an IPv6 zone dropped), or None if it is not one."""
-    if not host or len(host) > 64:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    host = host.partition("%")[0]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
+__all__ = ["LimitedHttpToolsProtocol", "limited_protocol"]
 
 
 class _Phase(enum.Enum):

@@ -19,7 +19,7 @@ from vault.api._errors import document_common_errors, install_error_handlers, re
 from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
 from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
-from vault.service import TOKEN_ID_PATTERN, Role, Vault, create_token, list_tokens, revoke_token
+from vault.service import TOKEN_ID_PATTERN, Role, Vault
 from vault.settings import Settings
 
 __all__ = ["create_internal_app", "create_public_app"]
@@ -76,7 +76,7 @@ def create_public_app(settings: Settings, *, vault: Vault | None = None) -> Fast
     )
     async def import_session(request: Request, vault: VaultDep, ctx: PublicCtx) -> ImportedSession:
         body = await read_json(request, ImportSession)
-        return ImportedSession.of(await vault.ingest(ctx, body.session))
+        return ImportedSession.of(await vault.sessions.ingest(ctx, body.session))
 
     return _finish(app, settings)
 
@@ -116,7 +116,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
     async def ingest_session(request: Request, vault: VaultDep, ctx: IngestCtx) -> ImportedSession:
         """Ingest a session from an app backend (role ``ingest``). Same rules as the public endpoint."""
         body = await read_json(request, ImportSession)
-        return ImportedSession.of(await vault.ingest(ctx, body.session))
+        return ImportedSession.of(await vault.sessions.ingest(ctx, body.session))
 
     @app.post(
         "/v1/tokens",
@@ -130,21 +130,15 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         """Create an ``ingest`` or ``auditor`` credential (role ``admin``). The token is in this response
         only. ``signer`` and ``admin`` tokens are created with the CLI only (403 ``forbidden``, audited)."""
         body = await read_json(request, NewToken)
-        token, info = await create_token(
-            vault.store,
-            vault.auditor,
-            ctx,
-            role=Role(body.role),
-            name=body.name,
-            now=vault.clock(),
-            expires_in=body.expires_in,
+        token, info = await vault.tokens.create(
+            ctx, role=Role(body.role), name=body.name, expires_in=body.expires_in
         )
         return TokenCreated.model_validate({**TokenView.of(info).model_dump(), "token": token})
 
     @app.get("/v1/tokens", response_model=list[TokenView], tags=["admin"], responses=responses_for(*_AUTH))
     async def tokens(vault: VaultDep, _ctx: AdminCtx) -> list[TokenView]:
         """List service credentials (role ``admin``). Secrets are never shown: only ids and attributes."""
-        return [TokenView.of(info) for info in await list_tokens(vault.store)]
+        return [TokenView.of(info) for info in await vault.tokens.list()]
 
     @app.delete(
         "/v1/tokens/{token_id}",
@@ -156,7 +150,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         token_id: Annotated[str, Path(pattern=TOKEN_ID_PATTERN)], vault: VaultDep, ctx: AdminCtx
     ) -> Response:
         """Revoke a service credential (role ``admin``); it stops working at once."""
-        await revoke_token(vault.store, vault.auditor, ctx, token_id, now=vault.clock())
+        await vault.tokens.revoke(ctx, token_id)
         return Response(status_code=204)
 
     return _finish(app, settings)

@@ -14,17 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from vault import errors as e
 from vault.api._deps import AuditorCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import responses_for
-from vault.audit import Checkpoint, Event
 from vault.errors import InvalidRequest
 from vault.service import (
     ACTION_PATTERN,
+    FIRST_ID,
     INT64_MAX,
     OUTCOME_PATTERN,
     TOKEN_ID_PATTERN,
     USER_ID_PATTERN,
-    events_page,
+    AuditFilter,
+    Event,
 )
-from vault.store import FIRST_ID, AuditFilter
 
 __all__ = ["router"]
 
@@ -105,9 +105,7 @@ async def audit_events(
         user_id=user_id, actor_token_id=actor, action=action, outcome=outcome, since_us=_us(since),
         until_us=_us(until), subject=subject,
     )  # fmt: skip
-    events = await events_page(
-        vault.store, vault.auditor, ctx, where, after_id=_cursor(cursor, FIRST_ID), limit=limit
-    )
+    events = await vault.audit_log.events(ctx, where, after_id=_cursor(cursor, FIRST_ID), limit=limit)
     next_cursor = str(events[-1].id) if len(events) == limit else None
     return EventPage(events=[_event_view(ev) for ev in events], next_cursor=next_cursor)
 
@@ -120,9 +118,7 @@ async def audit_checkpoints(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CheckpointPage:
     """Signed checkpoints, oldest first."""
-    async with vault.store.transaction() as tx:
-        checkpoints: list[Checkpoint] = await tx.audit_checkpoints(after_id=_cursor(cursor), limit=limit)
-        await tx.insert_audit(vault.auditor.record(ctx, "audit.read", "ok", detail="checkpoints"))
+    checkpoints = await vault.audit_log.checkpoints(ctx, after_id=_cursor(cursor), limit=limit)
     next_cursor = str(checkpoints[-1].id) if len(checkpoints) == limit else None
     return CheckpointPage(checkpoints=[cp.to_json() for cp in checkpoints], next_cursor=next_cursor)
 
@@ -130,7 +126,7 @@ async def audit_checkpoints(
 @router.get("/v1/audit/public-key", response_model=PublicKeyView, responses=_ERRORS)
 async def audit_public_key(vault: VaultDep, _ctx: AuditorCtx) -> PublicKeyView:
     """The Ed25519 key that signs checkpoints (PEM), for `session-vault audit verify --public-key`."""
-    key = vault.audit_keys.public_key
+    key = vault.audit_log.public_key
     return PublicKeyView(key_id=key.key_id, pem=key.pem())
 
 
@@ -145,4 +141,4 @@ async def audit_hash(request: Request, vault: VaultDep, ctx: AuditorCtx) -> Hash
     logged. At most ``VAULT_AUDIT_HASH_RATE_LIMIT`` per token (default 30/minute, per vault process):
     past it, 429 ``rate_limited`` with ``Retry-After``."""
     body = await read_json(request, HashRequest)
-    return HashView(hmac=await vault.audit_hash(ctx, body.value))
+    return HashView(hmac=await vault.audit_log.keyed_hash(ctx, body.value))

@@ -12,9 +12,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from vault._http import source_address
 from vault.errors import InvalidRequest, UnsupportedMediaType
-from vault.service import Context, Role, Vault
+from vault.service import Context, Role, Vault, source_address
 
 __all__ = [
     "AdminCtx",
@@ -57,7 +56,7 @@ def require_role(role: Role) -> Callable[[Request, Vault], Awaitable[Context]]:
         scheme, _, token = header.partition(" ")
         ctx = await request_context(request)
         bearer = token.strip() if scheme.lower() == "bearer" else None
-        principal = await vault.authenticate(bearer, role, ctx)
+        principal = await vault.tokens.authenticate(bearer, role, ctx)
         authenticated = dataclasses.replace(ctx, principal=principal)
         request.state.ctx = authenticated  # the error handlers audit refusals of authenticated requests
         return authenticated

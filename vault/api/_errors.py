@@ -97,7 +97,7 @@ async def _audit_refusal(request: Request, error: e.VaultError) -> JSONResponse 
         return None
     route = getattr(request.scope.get("route"), "path", "?")
     try:
-        await request.app.state.vault.refused(ctx, error, f"{request.method} {route}")
+        await request.app.state.vault.audit_log.refused(ctx, error, f"{request.method} {route}")
     except e.VaultError as failure:  # the refusal could not be recorded: say so (fail-closed)
         return await _vault_error(request, failure)
     return None

@@ -1,5 +1,6 @@
 """Use cases and their transaction boundaries: ingest, credentials (and later lease, rotate, shred)."""
 
+from vault.audit import Checkpoint, Event, PublicKey
 from vault.service._audit import Auditor, Context, bounded_text
 from vault.service._audit_log import (
     adopt_chain,
@@ -18,8 +19,9 @@ from vault.service._ids import (
     TOKEN_ID_PATTERN,
     USER_ID_PATTERN,
     UUID_PATTERN,
+    source_address,
 )
-from vault.service._ingest import IngestResult, ingest, open_session
+from vault.service._ingest import IngestResult, SessionIntake, ingest, open_session
 from vault.service._keys import Keys, with_keys
 from vault.service._leases import DEFAULT_TTL, Grant, LeaseService, Renewal
 from vault.service._principal import Principal, Role
@@ -28,6 +30,7 @@ from vault.service._tokens import (
     API_MINTABLE,
     MAX_EXPIRES_IN,
     TokenInfo,
+    TokenService,
     authenticate,
     create_token,
     list_tokens,
@@ -35,11 +38,13 @@ from vault.service._tokens import (
 )
 from vault.service._vault import Vault, utcnow
 from vault.sessions import MAX_SESSION_CHARS
+from vault.store import FIRST_ID, AuditFilter
 
 __all__ = [
     "ACTION_PATTERN",
     "API_MINTABLE",
     "DEFAULT_TTL",
+    "FIRST_ID",
     "INT64_MAX",
     "MAX_EXPIRES_IN",
     "MAX_SESSION_CHARS",
@@ -49,17 +54,24 @@ __all__ = [
     "TOKEN_ID_PATTERN",
     "USER_ID_PATTERN",
     "UUID_PATTERN",
+    "AuditFilter",
+    "AuditLog",
     "Auditor",
+    "Checkpoint",
     "Context",
+    "Event",
     "Grant",
     "IngestResult",
     "Keys",
     "LeaseService",
     "Principal",
+    "PublicKey",
     "Renewal",
     "Role",
     "SealResult",
+    "SessionIntake",
     "TokenInfo",
+    "TokenService",
     "Vault",
     "adopt_chain",
     "authenticate",
@@ -75,6 +87,7 @@ __all__ = [
     "read_everything",
     "revoke_token",
     "seal",
+    "source_address",
     "utcnow",
     "verify_live",
     "with_keys",

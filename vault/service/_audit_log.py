@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
+from limits import parse as parse_rate
+from limits import storage, strategies
+
 from vault.audit import DEFAULT_SKEW_US, Checkpoint, Event, Problem, PublicKey, Report, verify
-from vault.errors import AuditChainBroken, InvalidRequest
+from vault.errors import AuditChainBroken, InvalidRequest, RateLimited, VaultError
 from vault.service._audit import Auditor, Context
 from vault.service._sealer import chain_mac, check_chain
+from vault.sessions import normalize_subject
 from vault.store import FIRST_ID, AuditFilter, Store
 
-__all__ = ["adopt_chain", "events_page", "export_lines", "parse_export", "read_everything", "verify_live"]
+__all__ = [
+    "AuditLog",
+    "adopt_chain",
+    "events_page",
+    "export_lines",
+    "parse_export",
+    "read_everything",
+    "verify_live",
+]
 
 _PAGE = 10_000
 
@@ -131,3 +144,55 @@ async def adopt_chain(store: Store, auditor: Auditor, ctx: Context, key: PublicK
         await tx.save_chain(adopted)
         await tx.insert_audit(auditor.record(ctx, "audit.adopt_chain", "ok", detail=f"seq {state.seq}"))
     return report
+
+
+class AuditLog:
+    """The audit log for the API: filtered pages, checkpoints, the public key, keyed hashes (rate-limited
+    per token and process) and the record of requests refused at the boundary."""
+
+    def __init__(self, *, store: Store, auditor: Auditor, hash_rate_limit: str) -> None:
+        self.store = store
+        self.auditor = auditor
+        self._hash_rate = parse_rate(hash_rate_limit)
+        self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self.auditor.keys.public_key
+
+    async def events(self, ctx: Context, where: AuditFilter, *, after_id: int, limit: int) -> list[Event]:
+        return await events_page(self.store, self.auditor, ctx, where, after_id=after_id, limit=limit)
+
+    async def checkpoints(self, ctx: Context, *, after_id: int, limit: int) -> list[Checkpoint]:
+        """One page of checkpoints, oldest first; the read is audited in the same transaction."""
+        async with self.store.transaction() as tx:
+            found = await tx.audit_checkpoints(after_id=after_id, limit=limit)
+            await tx.insert_audit(self.auditor.record(ctx, "audit.read", "ok", detail="checkpoints"))
+        return found
+
+    async def keyed_hash(self, ctx: Context, value: str) -> str:
+        """The keyed hash under which the log stores ``value``, at most ``VAULT_AUDIT_HASH_RATE_LIMIT``
+        per token and process (each lookup is a guess at a phone or email: unlimited, they enumerate).
+        Raises :class:`InvalidRequest` (audited by the API, like every malformed request) or
+        :class:`RateLimited` (audited here); a hash given is audited too, never the value."""
+        assert ctx.principal is not None
+        if not value.strip() or len(value) > 512:
+            raise InvalidRequest("value must be 1-512 characters")
+        token_id = ctx.principal.token_id
+        if not self._limiter.hit(self._hash_rate, "audit-hash", token_id):
+            reset = self._limiter.get_window_stats(self._hash_rate, "audit-hash", token_id).reset_time
+            error = RateLimited(retry_after=math.ceil(reset - time.time()))
+            async with self.store.transaction() as tx:
+                await tx.insert_audit(self.auditor.record(ctx, "audit.hash", "denied", detail=error.code))
+            raise error
+        async with self.store.transaction() as tx:
+            await tx.insert_audit(self.auditor.record(ctx, "audit.hash", "ok"))
+        return self.auditor.keys.subject(normalize_subject(value))
+
+    async def refused(self, ctx: Context, error: VaultError, route: str) -> None:
+        """Audit a request refused at the boundary (malformed input) after it authenticated. ``route`` is
+        the route's template (``POST /v1/leases/{lease_id}/renew``), never the raw path or a value."""
+        async with self.store.transaction() as tx:
+            await tx.insert_audit(
+                self.auditor.record(ctx, "request.refused", "denied", detail=f"{error.code} {route}")
+            )

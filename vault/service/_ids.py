@@ -8,6 +8,8 @@ value it would trim, overflow or refuse.
 
 from __future__ import annotations
 
+import ipaddress
+
 __all__ = [
     "ACTION_PATTERN",
     "INT64_MAX",
@@ -17,6 +19,7 @@ __all__ = [
     "TOKEN_ID_PATTERN",
     "USER_ID_PATTERN",
     "UUID_PATTERN",
+    "source_address",
 ]
 
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -27,3 +30,16 @@ NAME_PATTERN = r"^[A-Za-z0-9 ._:@/-]{1,128}$"
 ACTION_PATTERN = r"^[a-z_]{1,16}(\.[a-z_]{1,15})?$"
 OUTCOME_PATTERN = r"^(ok|denied|error|unauthenticated)$"
 INT64_MAX = 2**63 - 1
+
+
+def source_address(host: str | None) -> str | None:
+    """``host`` as a canonical IP address (brackets and an IPv6 zone dropped), or None if it is not one."""
+    if not host or len(host) > 64:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host.partition("%")[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

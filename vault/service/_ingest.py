@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -14,7 +15,7 @@ from vault.service._keys import Keys, active_dek, with_keys
 from vault.sessions import ParsedSession, parse_session
 from vault.store import LockedSession, SessionRow, Store
 
-__all__ = ["IngestResult", "ingest", "open_session"]
+__all__ = ["IngestResult", "SessionIntake", "ingest", "open_session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +128,30 @@ def open_session(keys: Keys, row: SessionRow | LockedSession) -> str:
     dek = keys.get(row.user_id, row.dek_version)
     plaintext = unseal(row.ciphertext, key=dek.reveal(), aad=session_aad(row.user_id, row.id, row.version))
     return plaintext.decode()
+
+
+class SessionIntake:
+    """Ingest for the API: both ingest routes call :meth:`ingest`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        kek: KekProvider,
+        cache: DekCache,
+        auditor: Auditor,
+        clock: Callable[[], datetime],
+        max_lifetime: timedelta,
+    ) -> None:
+        self.store = store
+        self.kek = kek
+        self.cache = cache
+        self.auditor = auditor
+        self.clock = clock
+        self.max_lifetime = max_lifetime
+
+    async def ingest(self, ctx: Context, serialized: str) -> IngestResult:
+        return await ingest(
+            self.store, self.kek, self.cache, self.auditor, ctx, serialized, now=self.clock(),
+            max_lifetime=self.max_lifetime,
+        )  # fmt: skip

@@ -21,11 +21,12 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from vault.audit import AuditKeys
-from vault.errors import Forbidden, InvalidRequest, NotFound, TokenForged, Unauthorized
+from vault.errors import AuthError, Forbidden, InvalidRequest, NotFound, TokenForged, Unauthorized
 from vault.service._audit import Auditor, Context
 from vault.service._ids import NAME_PATTERN, PURPOSE_PATTERN
 from vault.service._principal import Principal, Role
@@ -38,6 +39,7 @@ __all__ = [
     "Principal",
     "Role",
     "TokenInfo",
+    "TokenService",
     "authenticate",
     "create_token",
     "list_tokens",
@@ -218,3 +220,45 @@ async def authenticate(
         purposes=row.purposes,
         max_ttl_seconds=row.max_ttl_seconds,
     )
+
+
+_CLAIMED_ID = re.compile(r"svt_([0-9a-f]{16})_")
+
+
+class TokenService:
+    """Service credentials for the API: create (``ingest`` and ``auditor`` only over the API), list,
+    revoke, and authenticate requests, every failure audited."""
+
+    def __init__(self, *, store: Store, auditor: Auditor, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.auditor = auditor
+        self.clock = clock
+
+    async def create(
+        self, ctx: Context, *, role: Role, name: str, expires_in: int | None = None
+    ) -> tuple[str, TokenInfo]:
+        return await create_token(
+            self.store, self.auditor, ctx, role=role, name=name, now=self.clock(), expires_in=expires_in
+        )
+
+    async def list(self) -> list[TokenInfo]:
+        return await list_tokens(self.store)
+
+    async def revoke(self, ctx: Context, token_id: str) -> None:
+        await revoke_token(self.store, self.auditor, ctx, token_id, now=self.clock())
+
+    async def authenticate(self, token: str | None, role: Role, ctx: Context) -> Principal:
+        """The principal for ``token`` if it has ``role``; failures are audited, then raised."""
+        try:
+            return await authenticate(self.store, self.auditor.keys, token, role=role, now=self.clock())
+        except AuthError as exc:
+            claimed = _CLAIMED_ID.match(token or "")
+            outcome = "denied" if isinstance(exc, Forbidden) else "unauthenticated"
+            why = "token row fails its MAC" if isinstance(exc, TokenForged) else exc.code
+            record = self.auditor.record(
+                ctx, "auth.failure", outcome, detail=f"{why}; needs {role.value}",
+                actor_token_id=claimed.group(1) if claimed else None,
+            )  # fmt: skip
+            async with self.store.transaction() as tx:
+                await tx.insert_audit(record)
+            raise

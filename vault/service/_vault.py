@@ -10,33 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-
-from limits import parse as parse_rate
-from limits import storage, strategies
 
 from vault.audit import AuditKeys
 from vault.errors import (
     AuditChainBroken,
-    AuthError,
-    Forbidden,
-    InvalidRequest,
-    RateLimited,
-    TokenForged,
     VaultError,
 )
 from vault.keys import DekCache, KekProvider, LocalKeyringProvider, load_audit_keys_file
-from vault.service._audit import Auditor, Context
-from vault.service._ingest import IngestResult, ingest
+from vault.service._audit import Auditor
+from vault.service._audit_log import AuditLog
+from vault.service._ingest import SessionIntake
 from vault.service._leases import LeaseService
-from vault.service._principal import Principal, Role
 from vault.service._sealer import SealResult, seal
-from vault.service._tokens import authenticate
-from vault.sessions import normalize_subject
+from vault.service._tokens import TokenService
 from vault.settings import Settings
 from vault.store import Store
 
@@ -70,6 +59,15 @@ class Vault:
         self.auditor = Auditor(audit_keys)
         self.clock = clock
         self.max_lifetime = timedelta(seconds=settings.session_max_lifetime_seconds)
+        # The services the API calls (it reaches nothing else of the vault).
+        self.sessions = SessionIntake(
+            store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock,
+            max_lifetime=self.max_lifetime,
+        )  # fmt: skip
+        self.tokens = TokenService(store=store, auditor=self.auditor, clock=clock)
+        self.audit_log = AuditLog(
+            store=store, auditor=self.auditor, hash_rate_limit=settings.audit_hash_rate_limit
+        )
         self.leases = LeaseService(
             store=store,
             kek=kek,
@@ -80,8 +78,6 @@ class Vault:
         )
         self._sealer: asyncio.Task[None] | None = None
         self._refused_rows: set[int] = set()  # forged audit rows already logged by this process
-        self._hash_rate = parse_rate(settings.audit_hash_rate_limit)
-        self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
@@ -147,55 +143,6 @@ class Vault:
                     log.error("%s", problem)
             last_problem = problem
             await asyncio.sleep(self.settings.audit_seal_interval_seconds)
-
-    async def ingest(self, ctx: Context, serialized: str) -> IngestResult:
-        return await ingest(
-            self.store, self.kek, self.dek_cache, self.auditor, ctx, serialized, now=self.clock(),
-            max_lifetime=self.max_lifetime,
-        )  # fmt: skip
-
-    async def authenticate(self, token: str | None, role: Role, ctx: Context) -> Principal:
-        """The principal for ``token`` if it has ``role``; failures are audited, then raised."""
-        try:
-            return await authenticate(self.store, self.audit_keys, token, role=role, now=self.clock())
-        except AuthError as exc:
-            claimed = _CLAIMED_ID.match(token or "")
-            outcome = "denied" if isinstance(exc, Forbidden) else "unauthenticated"
-            why = "token row fails its MAC" if isinstance(exc, TokenForged) else exc.code
-            record = self.auditor.record(
-                ctx, "auth.failure", outcome, detail=f"{why}; needs {role.value}",
-                actor_token_id=claimed.group(1) if claimed else None,
-            )  # fmt: skip
-            async with self.store.transaction() as tx:
-                await tx.insert_audit(record)
-            raise
-
-    async def audit_hash(self, ctx: Context, value: str) -> str:
-        """The keyed hash under which the log stores ``value``, at most ``VAULT_AUDIT_HASH_RATE_LIMIT``
-        per token and process (each lookup is a guess at a phone or email: unlimited, they enumerate).
-        Raises :class:`InvalidRequest` (audited by the API, like every malformed request) or
-        :class:`RateLimited` (audited here); a hash given is audited too, never the value."""
-        assert ctx.principal is not None
-        if not value.strip() or len(value) > 512:
-            raise InvalidRequest("value must be 1-512 characters")
-        token_id = ctx.principal.token_id
-        if not self._limiter.hit(self._hash_rate, "audit-hash", token_id):
-            reset = self._limiter.get_window_stats(self._hash_rate, "audit-hash", token_id).reset_time
-            error = RateLimited(retry_after=math.ceil(reset - time.time()))
-            async with self.store.transaction() as tx:
-                await tx.insert_audit(self.auditor.record(ctx, "audit.hash", "denied", detail=error.code))
-            raise error
-        async with self.store.transaction() as tx:
-            await tx.insert_audit(self.auditor.record(ctx, "audit.hash", "ok"))
-        return self.audit_keys.subject(normalize_subject(value))
-
-    async def refused(self, ctx: Context, error: VaultError, route: str) -> None:
-        """Audit a request refused at the boundary (malformed input) after it authenticated. ``route`` is
-        the route's template (``POST /v1/leases/{lease_id}/renew``), never the raw path or a value."""
-        async with self.store.transaction() as tx:
-            await tx.insert_audit(
-                self.auditor.record(ctx, "request.refused", "denied", detail=f"{error.code} {route}")
-            )
 
     async def ready(self) -> None:
         await self.store.ping()
