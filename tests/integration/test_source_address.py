@@ -10,7 +10,7 @@ import pytest
 
 from tests._db import RawDb
 from tests._live import LiveVault, live_vault
-from vault._http import source_address
+from vault.service import source_address
 from vault.settings import Settings
 
 
