@@ -3,6 +3,7 @@
 from vault.audit import Checkpoint, Event, PublicKey
 from vault.service._audit import Auditor, Context, bounded_text
 from vault.service._audit_log import (
+    AuditLog,
     adopt_chain,
     events_page,
     export_lines,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import event
@@ -22,6 +23,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """
     if url.startswith("sqlite"):
         del pool_size
+        # aiosqlite logs every call at DEBUG with its SQL and parameters (ciphertext, token hashes): the
+        # vault never lets it, whatever level the application's logging is configured at.
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)
         engine = create_async_engine(
             url,
             hide_parameters=True,

@@ -69,7 +69,9 @@ def translated() -> Iterator[None]:
         orig = getattr(exc, "orig", None) or exc
         sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         log.warning("database error: %s (sqlstate %s)", type(orig).__name__, sqlstate)
-        raise StoreUnavailable() from exc
+        # from None: the driver's text can quote values (asyncpg's includes the DETAIL line, "Key
+        # (user_id)=(...)"), so it is neither the cause nor shown as the context; type and SQLSTATE suffice.
+        raise StoreUnavailable() from None
     except StatementError as exc:  # raised before the driver ran: a bug in what the vault passed
         if exc.orig is not None:
             raise exc.orig from None
