@@ -59,11 +59,7 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
         settings = Settings.for_data_dir(Path(data_dir), **overrides)
         _ensure_dev_keys(settings)
         return settings
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:
-        names = sorted({str(err["loc"][0]) for err in getattr(exc, "errors", list)()}) or ["?"]
-        raise ConfigError("invalid VAULT_* setting(s): " + ", ".join(names)) from None
+    return Settings.load(**overrides)
 
 
 _CLI = Context(source="cli")
