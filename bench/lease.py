@@ -151,9 +151,11 @@ SQL = {
     ),
     "insert_audit": (
         "INSERT INTO audit_events (at_us, action, outcome, actor_token_id, actor_name, user_id, session_id,"
-        " lease_id, fencing_token, purpose, detail, request_id, source, subjects, mac) VALUES ($1::BIGINT,"
+        " lease_id, fencing_token, purpose, detail, request_id, source, subjects, mac, uid)"
+        " VALUES ($1::BIGINT,"
         " $2::VARCHAR, $3::VARCHAR, $4::VARCHAR, $5::VARCHAR, $6::VARCHAR, $7::VARCHAR, $8::VARCHAR,"
-        " $9::BIGINT, $10::VARCHAR, $11::VARCHAR, $12::VARCHAR, $13::VARCHAR, $14::VARCHAR, $15::BYTEA)"
+        " $9::BIGINT, $10::VARCHAR, $11::VARCHAR, $12::VARCHAR, $13::VARCHAR, $14::VARCHAR, $15::BYTEA,"
+        " $16::VARCHAR)"
         " RETURNING audit_events.id"
     ),
     # release: lock_lease (two statements), end_lease, insert_audit
@@ -566,7 +568,7 @@ async def _audit(
     await conn.fetchval(
         SQL["insert_audit"], at_us, action, outcome, caller.token_id, caller.name, ids.get("user_id"),
         ids.get("session_id"), ids.get("lease_id"), ids.get("fencing_token"), PURPOSE, ids.get("detail"),
-        str(uuid.uuid4()), caller.source, None, os.urandom(MAC_BYTES),
+        str(uuid.uuid4()), caller.source, None, os.urandom(MAC_BYTES), os.urandom(16).hex(),
     )  # fmt: skip
 
 
