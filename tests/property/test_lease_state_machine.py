@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -32,6 +33,10 @@ from vault.errors import Forbidden, LeaseHeld, LeaseLost
 from vault.keys import DekCache, LocalKeyringProvider
 from vault.service import Auditor, Context, LeaseService, Principal, Role, ingest
 from vault.store import Lease, Store
+
+pytestmark = (
+    pytest.mark.slow
+)  # a Hypothesis state machine on both backends: `scripts/test.sh -m "not slow"` skips it
 
 _LEASES: Any = Lease.__table__
 

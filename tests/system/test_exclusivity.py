@@ -27,6 +27,10 @@ from tests.sessiongen import make_session
 from tests.system._procs import Served, new_token, serve
 from vault.settings import Settings
 
+pytestmark = (
+    pytest.mark.slow
+)  # several vault processes, seconds each: `scripts/test.sh -m "not slow"` skips it
+
 CLIENTS = 64
 USERS = 8
 TTL = 2

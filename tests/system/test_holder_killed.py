@@ -29,6 +29,10 @@ from vault.client import Lease, VaultClient
 from vault.errors import LeaseHeld, LeaseLost
 from vault.settings import Settings
 
+pytestmark = (
+    pytest.mark.slow
+)  # kills a process and waits out a lease: `scripts/test.sh -m "not slow"` skips it
+
 TTL = 2
 ROOT = Path(__file__).resolve().parents[2]
 _URL_VAR, _TOKEN_VAR, _USER_VAR = "HOLDER_VAULT_URL", "HOLDER_TOKEN", "HOLDER_USER_ID"
