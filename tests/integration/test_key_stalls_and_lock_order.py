@@ -43,6 +43,20 @@ class StallingKek(LocalKeyringProvider):
         return await super().unwrap(wrapped, aad=aad)
 
 
+class StallingRemoteKek(StallingKek):
+    """A provider that claims to be remote (a KMS): its wrap of a new user's first DEK waits too."""
+
+    @property
+    def local(self) -> bool:
+        return False
+
+    async def wrap(self, dek: bytes, *, aad: bytes) -> WrappedKey:
+        if self.stalled_user is not None and self.stalled_user in aad:
+            self.entered.set()
+            await self.go.wait()
+        return await super().wrap(dek, aad=aad)
+
+
 @dataclass
 class World:
     store: Store
@@ -58,9 +72,9 @@ class World:
 
 
 @asynccontextmanager
-async def _world(url: str, pool_size: int) -> AsyncIterator[World]:
+async def _world(url: str, pool_size: int, kek_type: type[StallingKek] = StallingKek) -> AsyncIterator[World]:
     store = Store.connect(url, pool_size=pool_size)
-    kek = StallingKek(Keyring.generate())
+    kek = kek_type(Keyring.generate())
     cache = DekCache(ttl=60, max_entries=100)
     auditor = Auditor(AuditKeys.generate())
     leases = LeaseService(store=store, kek=kek, cache=cache, auditor=auditor, max_ttl=300)
@@ -98,6 +112,27 @@ def test_a_stalled_key_provider_delays_no_other_user(db_url: str) -> None:
             w.kek.go.set()
             granted = await asyncio.wait_for(stalled, 10)
             assert granted.session == a_session
+
+    asyncio.run(run())
+
+
+def test_a_remote_providers_wrap_for_a_new_user_happens_outside_the_transaction(db_url: str) -> None:
+    """A KMS wrap of a new user's first DEK that hangs holds no connection: others are served meanwhile."""
+
+    async def run() -> None:
+        async with _world(db_url, pool_size=1, kek_type=StallingRemoteKek) as w:
+            b_session, b = make_session(434)
+            await w.ingest(b_session)
+            new_session, new = make_session(435)
+            w.kek.stalled_user = new["userId"].encode()
+            stalled = asyncio.create_task(w.ingest(new_session))
+            await asyncio.wait_for(w.kek.entered.wait(), 10)
+            other = await asyncio.wait_for(w.leases.grant(CTX, purpose="sign", user_id=b["userId"]), 10)
+            assert other.session == b_session and not stalled.done()
+            w.kek.go.set()
+            await asyncio.wait_for(stalled, 10)
+            granted = await w.leases.grant(CTX, purpose="sign", user_id=new["userId"])
+            assert granted.session == new_session
 
     asyncio.run(run())
 

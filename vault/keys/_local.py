@@ -60,6 +60,10 @@ class LocalKeyringProvider:
     def kek_id(self) -> str:
         return self._kek_id
 
+    @property
+    def local(self) -> bool:
+        return True  # AES-GCM in this process: no I/O
+
     async def wrap(self, dek: bytes, *, aad: bytes) -> WrappedKey:
         blob = seal_with(self._keyring, dek, aad=aad)
         return WrappedKey(kek_id=self._kek_id, kek_version=self._keyring.active_version, blob=blob)

@@ -1,7 +1,10 @@
 """Per-user data keys, resolved before the transaction that uses them: no KEK call under a lock.
 
-A transaction never calls the key-encryption-key provider (a network KMS, later): a KEK call that
-stalls while the transaction holds row locks and a pool connection would stall every other request.
+A transaction never calls the key-encryption-key provider over the network (a KMS, later): a KEK call
+that stalls while the transaction holds row locks and a pool connection would stall every other request.
+(One exception, for a provider that wraps in process memory (``KekProvider.local``, the local keyring):
+a new user's first DEK is wrapped inside the ingest transaction, which saves that ingest a second
+transaction and cannot stall.)
 Inside a transaction a DEK comes only from :class:`Keys` (what this request resolved already) or the DEK
 cache; a miss raises :class:`KeyNeeded`, which rolls the transaction back. :func:`with_keys` then
 resolves that key with no transaction open (one short read of the wrapped key, then the KEK call) and
@@ -42,6 +45,7 @@ class Keys:
     """The DEKs one request resolved outside its transaction, in front of the shared DEK cache."""
 
     cache: DekCache
+    kek: KekProvider
     found: dict[tuple[str, int], SecretBytes] = field(default_factory=dict, repr=False)
     new: dict[str, tuple[SecretBytes, WrappedKey]] = field(default_factory=dict, repr=False)
 
@@ -60,6 +64,9 @@ async def active_dek(tx: Tx, keys: Keys, user_id: str, *, now: datetime) -> tupl
     if row is not None:
         return row.dek_version, keys.get(user_id, row.dek_version)
     prepared = keys.new.get(user_id)
+    if prepared is None and keys.kek.local:  # wrapping cannot stall: no second transaction for a new user
+        await _new_key(keys, user_id)
+        prepared = keys.new[user_id]
     if prepared is None:
         raise KeyNeeded(user_id, None)
     dek, wrapped = prepared
@@ -72,12 +79,16 @@ async def active_dek(tx: Tx, keys: Keys, user_id: str, *, now: datetime) -> tupl
     return 1, dek  # not cached: the transaction may still roll back
 
 
+async def _new_key(keys: Keys, user_id: str) -> None:
+    fresh = generate_key()
+    wrapped = await keys.kek.wrap(fresh, aad=dek_aad(user_id, 1))
+    keys.new[user_id] = (SecretBytes(fresh), wrapped)
+
+
 async def _resolve(store: Store, kek: KekProvider, keys: Keys, need: KeyNeeded) -> None:
     """With no transaction open: unwrap the needed DEK (or make a new user's first one)."""
     if need.version is None:
-        fresh = generate_key()
-        wrapped = await kek.wrap(fresh, aad=dek_aad(need.user_id, 1))
-        keys.new[need.user_id] = (SecretBytes(fresh), wrapped)
+        await _new_key(keys, need.user_id)
         return
     async with store.transaction() as tx:
         row = await tx.user_key(need.user_id, need.version)
@@ -97,7 +108,7 @@ async def with_keys(
     Raises :class:`KeyUnavailable` if the key still moved after one retry (the caller may retry), and
     whatever ``attempt`` or the KEK provider raise.
     """
-    keys = Keys(cache)
+    keys = Keys(cache, kek)
     for _ in range(_ATTEMPTS):
         try:
             return await attempt(keys)
