@@ -196,9 +196,9 @@ def _record_vault_sql() -> dict[str, str]:
     now = literal_column(_exec._NOW_SQL["postgresql"], BigInteger)
     builders = {
         "token": _store._token, "peek": _leases._peek_by_user, "lock_session": _leases._lock_session,
-        "open_lease": _leases._open_lease, "insert_lease": _leases._insert_lease,
+        "open_lease": _leases._open_lease_and_clock, "insert_lease": _leases._insert_lease,
         "insert_audit": _audit._insert_event,
-        "lock_lease_session": _leases._lock_lease_session, "lease_by_id": _leases._lease_by_id,
+        "lock_lease_session": _leases._lock_lease_session, "lease_by_id": _leases._lease_and_clock,
         "end_lease": _leases._end_lease,
     }  # fmt: skip
     return {
