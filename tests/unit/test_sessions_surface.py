@@ -4,21 +4,6 @@ from __future__ import annotations
 
 import vault.sessions
 
-EXPECTED = {
-    "MAX_SESSION_CHARS",
-    "ParsedSession",
-    "SessionFormat",
-    "WalletInfo",
-    "normalize_subject",
-    "parse_session",
-    "wallet_change",
-}
-
-
-def test_all_is_exactly_the_public_api() -> None:
-    assert set(vault.sessions.__all__) == EXPECTED
-    assert len(vault.sessions.__all__) == len(EXPECTED)
-
 
 def test_every_exported_name_exists() -> None:
     for name in vault.sessions.__all__:
