@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vault.audit import AuditKeys, content_bytes
 from vault.service._principal import Principal
 from vault.store import AUDIT_TEXT_LIMITS, AuditRecord
 
-__all__ = ["Auditor", "Context", "bounded_text"]
+__all__ = ["Auditor", "Context", "bounded_text", "wall_clock_us"]
 
 _INT64 = 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -43,11 +43,20 @@ class Context:
     source: str | None = None
 
 
+def wall_clock_us() -> int:
+    """This process's wall clock, in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
 class Auditor:
-    def __init__(self, keys: AuditKeys, *, actor_name: str | None = None) -> None:
-        """``actor_name`` names the actor of events with no principal (the CLI's operator)."""
+    def __init__(
+        self, keys: AuditKeys, *, actor_name: str | None = None, clock_us: Callable[[], int] = wall_clock_us
+    ) -> None:
+        """``actor_name`` names the actor of events with no principal (the CLI's operator); ``clock_us``
+        dates events that the database's clock does not (the Vault passes its one injected clock)."""
         self.keys = keys
         self.actor_name = actor_name
+        self.clock_us = clock_us
 
     def __repr__(self) -> str:
         return f"Auditor({self.keys!r})"
@@ -72,7 +81,7 @@ class Auditor:
         database's. ``subjects`` (emails, addresses) are stored only as keyed hashes."""
         principal = ctx.principal
         hashed = " ".join(self.keys.subject(s) for s in subjects) or None
-        at = time.time_ns() // 1000 if at_us is None else at_us
+        at = self.clock_us() if at_us is None else at_us
         for number in (at, fencing_token):
             if number is not None and not -_INT64 <= number <= _INT64:
                 raise ValueError("an audited integer is outside the column's range")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -97,7 +98,12 @@ class LeaseService:
         auditor: Auditor,
         max_ttl: int,
         max_lifetime: timedelta | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``clock`` dates write-backs and checks a refreshed session's expiry. Lease decisions (granted,
+        expired, held, renewed) use the database's clock instead, on purpose: every replica must agree on
+        them, whatever its own clock says."""
+        self.clock = clock
         self.store = store
         self.kek = kek
         self.cache = cache
@@ -322,7 +328,7 @@ class LeaseService:
         parsed, invalid = None, None
         if session is not None:
             try:
-                parsed = parse_session(session, now=datetime.now(UTC), max_lifetime=self.max_lifetime)
+                parsed = parse_session(session, now=self.clock(), max_lifetime=self.max_lifetime)
             except InvalidSession as exc:
                 invalid = exc
         try:
@@ -406,7 +412,7 @@ class LeaseService:
             )  # fmt: skip
 
         if session is not None and parsed is not None:
-            now = datetime.now(UTC)
+            now = self.clock()
             dek_version, dek = await active_dek(tx, keys, lease.user_id, now=now)
             version = state.session_version + 1
             aad = session_aad(lease.user_id, lease.session_id, version)

@@ -36,6 +36,9 @@ _CLAIMED_ID = re.compile(r"svt_([0-9a-f]{16})_")
 _SEAL_BATCH = 5000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -56,7 +59,7 @@ class Vault:
         self.kek = kek
         self.dek_cache = dek_cache
         self.audit_keys = audit_keys
-        self.auditor = Auditor(audit_keys)
+        self.auditor = Auditor(audit_keys, clock_us=lambda: (clock() - _EPOCH) // timedelta(microseconds=1))
         self.clock = clock
         self.max_lifetime = timedelta(seconds=settings.session_max_lifetime_seconds)
         # The services the API calls (it reaches nothing else of the vault).
@@ -75,6 +78,7 @@ class Vault:
             auditor=self.auditor,
             max_ttl=settings.lease_max_ttl_seconds,
             max_lifetime=self.max_lifetime,
+            clock=clock,
         )
         self._sealer: asyncio.Task[None] | None = None
         self._refused_rows: set[int] = set()  # forged audit rows already logged by this process
@@ -117,7 +121,8 @@ class Vault:
         """One sealing step (the background task calls this; so do tests and the CLI)."""
         every = int(self.settings.audit_checkpoint_interval_seconds * 1_000_000)
         return await seal(
-            self.store, self.audit_keys, checkpoint_every_us=every, now_us=now_us, batch=_SEAL_BATCH,
+            self.store, self.audit_keys, checkpoint_every_us=every, batch=_SEAL_BATCH,
+            now_us=self.auditor.clock_us() if now_us is None else now_us,
             reported=self._refused_rows,
         )  # fmt: skip
 
