@@ -6,7 +6,7 @@ Every read is itself an audit event, written in the same transaction as the read
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,13 +32,50 @@ router = APIRouter(tags=["audit"])
 _ERRORS = responses_for(e.Unauthorized, e.Forbidden, e.InvalidRequest, e.AuditUnavailable, e.StoreUnavailable)
 
 
+class EventView(BaseModel):
+    """One audit event as an auditor reads it: its content, when, and its place in the chain."""
+
+    id: int
+    uid: str | None = Field(description="128 random bits (hex) inside the MAC'd content; null before 0004.")
+    at: str = Field(description="`at_us` as ISO 8601 UTC.")
+    at_us: int = Field(description="Microseconds since the epoch.")
+    action: str
+    outcome: str
+    actor_token_id: str | None
+    actor_name: str | None
+    user_id: str | None
+    session_id: str | None
+    lease_id: str | None
+    fencing_token: int | None
+    purpose: str | None
+    detail: str | None
+    request_id: str | None
+    source: str | None
+    subjects: list[str] = Field(
+        description="Keyed hashes of emails, phones and addresses (POST /v1/audit/hash)."
+    )
+    seq: int | None = Field(description="The event's place in the chain; null until sealed.")
+    hash: str | None = Field(description="The chain hash at `seq` (hex); null until sealed.")
+
+
+class CheckpointView(BaseModel):
+    id: int
+    at_us: int
+    seq: int
+    head: str
+    prev: str
+    key_id: str
+    signature: str
+    max_id: int | None = Field(description="The highest event id the sealer had seen; null in format-1.")
+
+
 class EventPage(BaseModel):
-    events: list[dict[str, Any]]
+    events: list[EventView]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
 class CheckpointPage(BaseModel):
-    checkpoints: list[dict[str, Any]]
+    checkpoints: list[CheckpointView]
     next_cursor: str | None
 
 
@@ -76,12 +113,12 @@ def _cursor(cursor: str | None, start: int = 0) -> int:
     return int(cursor)
 
 
-def _event_view(event: Event) -> dict[str, Any]:
+def _event_view(event: Event) -> EventView:
     view = event.to_json()
     del view["mac"]
     view["subjects"] = [] if event.subjects is None else event.subjects.split()
     view["at"] = datetime.fromtimestamp(event.at_us / 1_000_000, UTC).isoformat()
-    return view
+    return EventView.model_validate(view)
 
 
 @router.get("/v1/audit/events", response_model=EventPage, responses=_ERRORS)
@@ -120,7 +157,10 @@ async def audit_checkpoints(
     """Signed checkpoints, oldest first."""
     checkpoints = await vault.audit_log.checkpoints(ctx, after_id=_cursor(cursor), limit=limit)
     next_cursor = str(checkpoints[-1].id) if len(checkpoints) == limit else None
-    return CheckpointPage(checkpoints=[cp.to_json() for cp in checkpoints], next_cursor=next_cursor)
+    return CheckpointPage(
+        checkpoints=[CheckpointView.model_validate(cp.to_json()) for cp in checkpoints],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/v1/audit/public-key", response_model=PublicKeyView, responses=_ERRORS)

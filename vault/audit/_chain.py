@@ -36,11 +36,6 @@ __all__ = [
 ]
 
 GENESIS = bytes(32)
-_FORMAT1_FIELDS = (
-    "at_us", "action", "outcome", "actor_token_id", "actor_name", "user_id", "session_id", "lease_id",
-    "fencing_token", "purpose", "detail", "request_id", "source", "subjects",
-)  # fmt: skip
-CONTENT_FIELDS = ("uid", *_FORMAT1_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +74,14 @@ class Event:
         for name in ("hash", "mac"):
             values[name] = None if values.get(name) is None else bytes.fromhex(values[name])
         return cls(**values)
+
+
+# The event's fields are declared once, by Event: its content is every field but the row id, the MAC and
+# the two the sealer sets. The store's AuditRecord and the table's columns are checked against these
+# (tests/unit/test_audit_schema.py); format-1 content (events from before uids) lacks ``uid``.
+CHAIN_FIELDS = ("seq", "hash")
+CONTENT_FIELDS = tuple(f for f in Event.__dataclass_fields__ if f not in ("id", "mac", *CHAIN_FIELDS))
+_FORMAT1_FIELDS = tuple(f for f in CONTENT_FIELDS if f != "uid")
 
 
 def content_bytes(fields: Any) -> bytes:
