@@ -14,12 +14,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from vault.audit import AuditKeys, content_bytes
 from vault.service._principal import Principal
 from vault.store import AUDIT_TEXT_LIMITS, AuditRecord
 
-__all__ = ["Auditor", "Context", "bounded_text", "wall_clock_us"]
+__all__ = ["Auditor", "Context", "bounded_text", "utcnow", "wall_clock_us"]
 
 _INT64 = 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -41,6 +42,11 @@ class Context:
     principal: Principal | None = None
     request_id: str | None = None
     source: str | None = None
+
+
+def utcnow() -> datetime:
+    """This process's wall clock, as an aware UTC datetime (the default clock of the Vault)."""
+    return datetime.now(UTC)
 
 
 def wall_clock_us() -> int:

@@ -32,7 +32,7 @@ from vault.errors import (
 )
 from vault.errors import Forbidden as NotHolder
 from vault.keys import DekCache, KekProvider
-from vault.service._audit import Auditor, Context
+from vault.service._audit import Auditor, Context, utcnow
 from vault.service._ids import PURPOSE_PATTERN
 from vault.service._ingest import open_session
 from vault.service._keys import Keys, active_dek, with_keys
@@ -98,7 +98,7 @@ class LeaseService:
         auditor: Auditor,
         max_ttl: int,
         max_lifetime: timedelta | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """``clock`` dates write-backs and checks a refreshed session's expiry. Lease decisions (granted,
         expired, held, renewed) use the database's clock instead, on purpose: every replica must agree on

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +19,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keys import DekCache, KekProvider, LocalKeyringProvider, load_audit_keys_file
-from vault.service._audit import Auditor
+from vault.service._audit import Auditor, utcnow
 from vault.service._audit_log import AuditLog
 from vault.service._ingest import SessionIntake
 from vault.service._leases import LeaseService
@@ -32,15 +31,10 @@ from vault.store import Store
 __all__ = ["Vault", "utcnow"]
 
 log = logging.getLogger("vault.audit")
-_CLAIMED_ID = re.compile(r"svt_([0-9a-f]{16})_")
 _SEAL_BATCH = 5000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Vault:
