@@ -15,15 +15,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
-import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench._harness import machine_line, markdown_table, median_time, timed, utc_now, write_report
 from vault.audit import (
     GENESIS,
     AuditKeys,
@@ -84,9 +80,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/audit_verify.md")
     args = parser.parse_args()
     keys = AuditKeys.generate()
-    t0 = time.perf_counter()
-    events, checkpoints = build(args.events, keys)
-    build_s = time.perf_counter() - t0
+    with timed() as building:
+        events, checkpoints = build(args.events, keys)
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export.jsonl"
         with export.open("w") as fh:
@@ -101,43 +96,39 @@ def main() -> None:
             for cp in checkpoints:
                 fh.write(json.dumps({"type": "checkpoint", **cp.to_json()}, sort_keys=True) + "\n")
         size_mb = export.stat().st_size / 1e6
-        rows = []
-        runs: list[tuple[str, Callable[[], object]]] = [
-            ("verify (in memory)", lambda: verify(events, checkpoints, keys.public_key)),
-            ("parse export + verify (CLI path)", lambda: _from_file(export, keys)),
+        runs: list[tuple[str, Callable[[], object], Callable[[object], None] | None]] = [
+            ("verify (in memory)", lambda: verify(events, checkpoints, keys.public_key), _verified),
+            ("parse export + verify (CLI path)", lambda: _from_file(export, keys), _verified),
             (
                 "baseline: SHA-256 of each event's canonical bytes",
                 lambda: [hashlib.sha256(content_bytes(e)).digest() for e in events],
+                None,
             ),
         ]
-        for label, run in runs:
-            times = []
-            for _ in range(args.reps):
-                start = time.perf_counter()
-                result = run()
-                times.append(time.perf_counter() - start)
-                if label.startswith("verify") or label.startswith("parse"):
-                    assert getattr(result, "ok", False), result
-            median = statistics.median(times)
-            rows.append((label, median, args.events / median))
-    base = rows[2][2]
-    lines = [
-        f"# audit verify benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
-        "",
-        f"{args.events:,} events, {len(checkpoints):,} signed checkpoints (one per 1,000 events), "
-        f"export {size_mb:.0f} MB; nproc {os.cpu_count()}, Python {platform.python_version()}; "
-        f"median of {args.reps}; building the log took {build_s:.1f} s.",
-        "",
-        "| what | seconds | events/s | vs SHA-256 baseline |",
-        "|---|---:|---:|---:|",
-        *[f"| {label} | {secs:.2f} | {rate:,.0f} | {rate / base:.2f} |" for label, secs, rate in rows],
-        "",
-        "Reproduce: `.venv/bin/python -m bench.audit_verify`",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+        times = [(label, median_time(run, args.reps, check)) for label, run, check in runs]
+    base = args.events / times[-1][1]
+    table = markdown_table(
+        ["what", "seconds", "events/s", "vs SHA-256 baseline"],
+        [
+            [label, f"{secs:.2f}", f"{args.events / secs:,.0f}", f"{args.events / secs / base:.2f}"]
+            for label, secs in times
+        ],
+    )
+    text = f"""# audit verify benchmark ({utc_now()})
+
+{args.events:,} events, {len(checkpoints):,} signed checkpoints (one per 1,000 events), \
+export {size_mb:.0f} MB; {machine_line()}; median of {args.reps}; building the log took \
+{building.seconds:.1f} s.
+
+{table}
+
+Reproduce: `.venv/bin/python -m bench.audit_verify`
+"""
+    write_report(text, Path(args.out))
+
+
+def _verified(result: object) -> None:
+    assert getattr(result, "ok", False), result
 
 
 def _from_file(export: Path, keys: AuditKeys) -> object:

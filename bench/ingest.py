@@ -4,7 +4,7 @@ What it measures, per concurrency level ``c``:
 
 * ``vault HTTP``: ``POST /api/import-session`` with ``{"session": s}`` (realistic ~7.7 KB Para sessions,
   two wallets with signers, a new user each) to a real ``session-vault serve`` running as a separate
-  process (uvicorn, FastAPI, validation, envelope encryption, SQLAlchemy + asyncpg, PostgreSQL). The
+  process (uvicorn, FastAPI, validation, envelope encryption, the store on asyncpg, PostgreSQL). The
   client runs in this process: ``c`` workers pulling from one queue, each with its own single-connection
   ``httpx.AsyncClient`` (``--shared-client``: one client for all; see :func:`http_clients` for why that
   under-drives the vault).
@@ -24,6 +24,9 @@ and writes a throwaway keyring (and audit keys) into a temp directory. Run from 
 
     .venv/bin/python -m bench.ingest --n 2000 --concurrency 1,16,64 \\
         --database-url postgresql://postgres@127.0.0.1:5432/postgres --out bench/results/ingest.md
+
+Timing, CPU accounting, percentiles and the table come from bench/_harness.py, the scratch database
+and the vault process from bench/_setup.py.
 """
 
 from __future__ import annotations
@@ -32,32 +35,48 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import psycopg
 
+from bench._harness import (
+    Cpu,
+    Percentiles,
+    Probe,
+    load_average,
+    machine_line,
+    markdown_table,
+    median_of,
+    percentile_ms,
+    say,
+    timed,
+    utc_now,
+    write_report,
+)
+from bench._setup import (
+    DEFAULT_DATABASE_URL,
+    maintenance_url,
+    migrate,
+    scratch_database,
+    secret_files,
+    server_version,
+    vault_process,
+    with_database,
+)
 from tests.sessiongen import make_session
-from vault.keys import create_keyring_file
-from vault.settings import Settings
-from vault.store import Store, upgrade
 
 T = TypeVar("T")
 AsyncpgPool: TypeAlias = Any  # asyncpg ships no type hints
@@ -72,140 +91,7 @@ JSON_HEADERS = {"content-type": "application/json"}
 _seeds = count(1)
 
 
-# --- scratch database, keyring, vault process ---------------------------------------------------------
-
-
-def with_database(url: str, name: str, *, driver: str = "postgresql") -> str:
-    """``url`` pointing at database ``name``, with the scheme ``driver``."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme=driver, path="/" + name))
-
-
-def admin_execute(maintenance_url: str, sql: str) -> None:
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(sql)
-
-
-@contextmanager
-def scratch_database(maintenance_url: str) -> Iterator[str]:
-    """Create ``sv_bench_<pid>``; yield its name; drop it (forcibly) on the way out."""
-    name = f"sv_bench_{os.getpid()}"
-    admin_execute(maintenance_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin_execute(maintenance_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        admin_execute(maintenance_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def migrate(vault_url: str) -> None:
-    store = Store.connect(vault_url, pool_size=1)
-    try:
-        await upgrade(store.engine)
-    finally:
-        await store.close()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def vault_cli(args: Sequence[str], env: dict[str, str]) -> str:
-    """Run ``session-vault ARGS`` with ``env``; its stdout. Raises with its stderr if it fails."""
-    done = subprocess.run(
-        [sys.executable, "-m", "vault.cli", *args], env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"session-vault {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def secret_files(workdir: Path) -> dict[str, str]:
-    """A throwaway keyring, and audit keys once the vault has them, in ``workdir``: their variables."""
-    keyring = workdir / "keyring.json"
-    create_keyring_file(keyring)
-    env = {"VAULT_KEYRING_FILE": str(keyring)}
-    if "audit_keys_file" in Settings.model_fields:
-        audit_keys = workdir / "audit-keys.json"
-        vault_cli(["audit", "keys", "init", "--file", str(audit_keys)], vault_env("", {}))
-        env["VAULT_AUDIT_KEYS_FILE"] = str(audit_keys)
-    return env
-
-
-def vault_env(
-    vault_url: str, secrets: dict[str, str], public_port: int = 0, internal_port: int = 0
-) -> dict[str, str]:
-    """This process's environment without its VAULT_* variables, plus the vault's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-    env.update(secrets)
-    if vault_url:
-        env["VAULT_DATABASE_URL"] = vault_url
-    if public_port:
-        env["VAULT_PUBLIC_PORT"] = str(public_port)
-    if internal_port:
-        env["VAULT_INTERNAL_PORT"] = str(internal_port)
-    return env
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            status = proc.returncode
-            raise RuntimeError(f"the vault exited with {status} before it was healthy:\n{log_tail(log)}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the vault was not healthy within {timeout:.0f}s (log: {log})")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
-
-
-@contextmanager
-def running_vault(vault_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
-    """Start ``session-vault serve`` on free ports; yield its public base URL and pid; stop it at the end."""
-    secrets = secret_files(workdir)
-    public_port, internal_port = free_port(), free_port()
-    log = workdir / "vault.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "serve"],
-            env=vault_env(vault_url, secrets, public_port, internal_port),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_healthy(proc, f"http://127.0.0.1:{internal_port}/healthz", log)
-        yield f"http://127.0.0.1:{public_port}", proc.pid
-    except Exception:
-        stop(proc)
-        print(f"--- last lines of the vault's log ---\n{log_tail(log)}", file=sys.stderr)
-        raise
-    finally:
-        stop(proc)
-
-
-def log_tail(log: Path, lines: int = 30) -> str:
-    """The vault's log without its per-request access lines (there are thousands), last ``lines``."""
-    kept = [line for line in log.read_text(errors="replace").splitlines() if "HTTP/1.1" not in line]
-    return "\n".join(kept[-lines:])
+# --- database checks ---------------------------------------------------------------------------------
 
 
 def truncate(db_url: str) -> None:
@@ -225,37 +111,6 @@ def check_counts(db_url: str, expected: int, what: str) -> None:
 
 
 # --- measuring -----------------------------------------------------------------------------------------
-
-
-def machine_busy_seconds() -> float:
-    """Non-idle CPU seconds of the whole machine since boot (all cores)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Cpu:
-    """CPU seconds used so far: whole machine, this (client) process, the vault process."""
-
-    machine: float
-    client: float
-    vault: float
-
-    @classmethod
-    def now(cls, vault_pid: int) -> Cpu:
-        return cls(machine_busy_seconds(), time.process_time(), process_cpu_seconds(vault_pid))
-
-    def __sub__(self, other: Cpu) -> Cpu:
-        return Cpu(self.machine - other.machine, self.client - other.client, self.vault - other.vault)
 
 
 @dataclass(frozen=True)
@@ -286,7 +141,7 @@ class Run:
         return self.n / self.seconds
 
     def percentile_ms(self, p: int) -> float:
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[p - 1] * 1000
+        return percentile_ms(self.latencies, p)
 
 
 Send: TypeAlias = Callable[[T], Awaitable[str | None]]  # None on success, else what went wrong
@@ -327,12 +182,14 @@ def check(failures: Counter[str], what: str) -> None:
 
 
 async def measure(items: Sequence[T], senders: Sequence[Send[T]], vault_pid: int, what: str) -> Run:
-    cpu0, started = Cpu.now(vault_pid), time.perf_counter()
-    latencies, failures = await drive(items, senders)
-    seconds = time.perf_counter() - started
-    cpu = Cpu.now(vault_pid) - cpu0
+    """Send ``items``, timed; CPU of the machine, this process and the vault process around it."""
+    probe = Probe(vault_pids=[vault_pid])
+    before = probe.snapshot()
+    with timed() as timer:
+        latencies, failures = await drive(items, senders)
+    cpu = probe.snapshot() - before
     check(failures, what)
-    return Run(len(items), seconds, latencies, cpu)
+    return Run(len(items), timer.seconds, latencies, cpu)
 
 
 # --- the two paths -------------------------------------------------------------------------------------
@@ -464,11 +321,10 @@ Results: TypeAlias = dict[tuple[str, int], list[Run]]
 
 
 def progress(path: str, concurrency: int, rep: int, run: Run) -> None:
-    print(
-        f"  {path:<17} c={concurrency:<3} rep {rep}: {run.rate:7.0f}/s  p50 {run.percentile_ms(50):6.1f} ms"
-        f"  p99 {run.percentile_ms(99):6.1f} ms",
-        file=sys.stderr,
-        flush=True,
+    latency = Percentiles.of(run.latencies)
+    say(
+        f"  {path:<17} c={concurrency:<3} rep {rep}: {run.rate:7.0f}/s"
+        f"  p50 {latency.p50:6.1f} p90 {latency.p90:6.1f} p99 {latency.p99:6.1f} ms"
     )
 
 
@@ -493,37 +349,32 @@ async def bench_all(target: Target, plan: Plan) -> Results:
     return results
 
 
-def median_of(runs: Sequence[Run], value: Callable[[Run], float]) -> float:
-    return statistics.median(value(r) for r in runs)
+def table_row(path: str, c: int, runs: Sequence[Run], ratio: str) -> list[object]:
+    def per_op(part: Callable[[Cpu], float]) -> str:
+        return f"{median_of(runs, lambda r: part(r.cpu) / r.n * 1000):.2f}"
 
-
-def table_row(path: str, c: int, runs: Sequence[Run], ratio: str) -> str:
-    return (
-        f"| {path} | {c} | {median_of(runs, lambda r: r.rate):,.0f}"
-        f" | {median_of(runs, lambda r: r.percentile_ms(50)):.1f}"
-        f" | {median_of(runs, lambda r: r.percentile_ms(99)):.1f} | {ratio}"
-        f" | {median_of(runs, lambda r: r.cpu.machine / r.n * 1000):.2f}"
-        f" | {median_of(runs, lambda r: r.cpu.vault / r.n * 1000):.2f}"
-        f" | {median_of(runs, lambda r: r.cpu.client / r.n * 1000):.2f} |"
-    )
+    return [
+        path, c, f"{median_of(runs, lambda r: r.rate):,.0f}",
+        f"{median_of(runs, lambda r: r.percentile_ms(50)):.1f}",
+        f"{median_of(runs, lambda r: r.percentile_ms(99)):.1f}", ratio,
+        per_op(lambda cpu: cpu.machine), per_op(lambda cpu: cpu.vault), per_op(lambda cpu: cpu.client),
+    ]  # fmt: skip
 
 
 def table(results: Results, levels: Sequence[int]) -> str:
-    lines = [
-        "| path | concurrency | sessions/s | p50 ms | p99 ms | vault / baseline"
-        " | CPU ms/op, machine | CPU ms/op, vault process | CPU ms/op, bench client |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    headers = [
+        "path", "concurrency", "sessions/s", "p50 ms", "p99 ms", "vault / baseline", "CPU ms/op, machine",
+        "CPU ms/op, vault process", "CPU ms/op, bench client",
+    ]  # fmt: skip
+    rows = []
     for c in levels:
         vault, baseline = results[(VAULT, c)], results[(BASELINE, c)]
         ratio = median_of(vault, lambda r: r.rate) / median_of(baseline, lambda r: r.rate)
-        lines.append(table_row(VAULT, c, vault, f"{ratio:.2f}"))
-        lines.append(table_row(BASELINE, c, baseline, "-"))
-    return "\n".join(lines)
+        rows += [table_row(VAULT, c, vault, f"{ratio:.2f}"), table_row(BASELINE, c, baseline, "-")]
+    return markdown_table(headers, rows)
 
 
 def report(plan: Plan, command: str, pg_version: str, load: str, body: str) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpus = os.cpu_count()
     client = (
         "one shared httpx.AsyncClient (connection limit = concurrency)"
@@ -532,14 +383,13 @@ def report(plan: Plan, command: str, pg_version: str, load: str, body: str) -> s
     )
     return f"""# Ingest benchmark: vault over HTTP vs. bare asyncpg
 
-- date: {now}
-- machine: nproc {cpus}, Python {platform.python_version()}, {platform.system()} {platform.release()}, \
-PostgreSQL {pg_version}; load average at start: {load}
+- date: {utc_now()}
+- machine: {machine_line(pg_version, load)}
 - per run: {plan.n} sessions (new users, ~7.7 KB, two wallets with signers) after max({plan.warmup}, \
 concurrency) warm-up requests, on empty tables; each cell is the median of {plan.reps} runs (vault and \
 baseline alternate)
 - vault HTTP: `POST /api/import-session` to `session-vault serve` (separate process, default settings: \
-DB pool 10 + 10 overflow); client in the bench process: `concurrency` workers, {client}
+DB pool 10); client in the bench process: `concurrency` workers, {client}
 - baseline: asyncpg pool of size `concurrency`, per session one transaction: upsert user, lock it \
 FOR UPDATE, select active key, insert key ({WRAPPED_DEK_BYTES} random bytes), select active sessions, \
 insert session (random bytes, len(session)+{SEAL_OVERHEAD}); no HTTP, no crypto, no validation
@@ -553,12 +403,6 @@ Command: `{command}`
 """
 
 
-def server_version(db_url: str) -> str:
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-    return str(row[0]).split()[0] if row else "?"
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="sessions per timed run")
@@ -567,7 +411,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=50, help="untimed requests before each run")
     parser.add_argument(
         "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        default=DEFAULT_DATABASE_URL,
         help="maintenance database; a scratch database is created next to it",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/ingest.md"))
@@ -584,16 +428,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run_benchmark(plan: Plan, database_url: str, command: str) -> str:
-    maintenance = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    maintenance = maintenance_url(database_url)
+    load = load_average()
     with scratch_database(maintenance) as name, tempfile.TemporaryDirectory(prefix="sv_bench_") as tmp:
         db_url = with_database(maintenance, name)
         vault_url = with_database(maintenance, name, driver="postgresql+asyncpg")
         asyncio.run(migrate(vault_url))
         pg_version = server_version(db_url)
-        with running_vault(vault_url, Path(tmp)) as (base, pid):
-            print(f"vault at {base} (pid {pid}), database {name}", file=sys.stderr, flush=True)
-            results = asyncio.run(bench_all(Target(base, pid, db_url), plan))
+        secrets = secret_files(Path(tmp))
+        with vault_process(vault_url, secrets, Path(tmp) / "vault.log", {}) as proc:
+            say(f"vault at {proc.public_base} (pid {proc.pid}), database {name}")
+            results = asyncio.run(bench_all(Target(proc.public_base, proc.pid, db_url), plan))
     return report(plan, command, pg_version, load, table(results, plan.levels))
 
 
@@ -602,9 +447,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     plan = Plan(args.n, args.levels, args.reps, args.warmup, args.shared_client)
     text = run_benchmark(plan, args.database_url, " ".join([".venv/bin/python -m bench.ingest", *argv]))
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

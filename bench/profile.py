@@ -30,25 +30,22 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import uvloop
 
-from bench.ingest import with_database
-from bench.lease import (
-    Cycle,
-    Http1,
-    Probe,
-    Tally,
+from bench._harness import Probe, load_average, markdown_table, say, utc_now, write_report
+from bench._http1 import Http1
+from bench._lease_load import Cycle, Tally, drive, prepare, vault_cycle
+from bench._setup import (
+    DEFAULT_DATABASE_URL,
     VaultProcess,
-    drive,
-    prepare,
-    vault_cycle,
+    is_local,
+    maintenance_url,
     vault_process,
+    with_database,
 )
 from tests.sessiongen import make_session
 
@@ -230,21 +227,19 @@ def pct(n: int, total: int) -> str:
 
 
 def layer_table(profile: Profile) -> str:
-    lines = [
-        "| layer | self | self, stdlib frames charged to the nearest caller outside the stdlib"
-        " | cumulative |",
-        "|---|---:|---:|---:|",
-    ]
+    headers = [
+        "layer", "self", "self, stdlib frames charged to the nearest caller outside the stdlib", "cumulative"
+    ]  # fmt: skip
     names = sorted(
         profile.cumulative_by_layer, key=lambda k: (-profile.nearest_by_layer[k], -profile.self_by_layer[k])
     )
-    for name in names:
-        lines.append(
-            f"| {name} | {pct(profile.self_by_layer[name], profile.total)}"
-            f" | {pct(profile.nearest_by_layer[name], profile.total)}"
-            f" | {pct(profile.cumulative_by_layer[name], profile.total)} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [name]
+        + [pct(counts[name], profile.total) for counts in
+           (profile.self_by_layer, profile.nearest_by_layer, profile.cumulative_by_layer)]
+        for name in names
+    ]  # fmt: skip
+    return markdown_table(headers, rows)
 
 
 def stage_table(profile: Profile, columns: int = 6) -> str:
@@ -255,37 +250,28 @@ def stage_table(profile: Profile, columns: int = 6) -> str:
         stages[stage] += n
         layers[name] += n
     shown = [name for name, _ in layers.most_common(columns)]
-    lines = [
-        "| stage | total | " + " | ".join(shown) + " | other layers |",
-        "|---|---:|" + "---:|" * (len(shown) + 1),
-    ]
+    rows = []
     for stage, n in stages.most_common():
         cells = [profile.by_stage[(stage, name)] for name in shown]
         rest = n - sum(cells)
-        lines.append(
-            f"| {stage} | {pct(n, profile.total)} | "
-            + " | ".join(pct(c, profile.total) if c else "" for c in cells)
-            + f" | {pct(rest, profile.total) if rest else ''} |"
+        rows.append(
+            [stage, pct(n, profile.total), *(pct(c, profile.total) if c else "" for c in [*cells, rest])]
         )
-    return "\n".join(lines)
+    return markdown_table(["stage", "total", *shown, "other layers"], rows)
 
 
 def sqlalchemy_table(profile: Profile) -> str:
     total = sum(profile.sqlalchemy.values())
-    lines = [
-        f"{pct(total, profile.total)} of all samples have a SQLAlchemy frame on the stack:",
-        "",
-        "| share of all samples | what SQLAlchemy is doing |",
-        "|---:|---|",
-    ]
-    lines += [f"| {pct(n, profile.total)} | {name} |" for name, n in profile.sqlalchemy.most_common()]
-    return "\n".join(lines)
+    rows = [[pct(n, profile.total), name] for name, n in profile.sqlalchemy.most_common()]
+    return (
+        f"{pct(total, profile.total)} of all samples have a SQLAlchemy frame on the stack:\n\n"
+        + markdown_table(["share of all samples", "what SQLAlchemy is doing"], rows, "rl")
+    )
 
 
 def func_table(counts: Counter[str], total: int, top: int, heading: str) -> str:
-    lines = [f"| {heading} | function (file) |", "|---:|---|"]
-    lines += [f"| {pct(n, total)} | `{label}` |" for label, n in counts.most_common(top)]
-    return "\n".join(lines)
+    rows = [[pct(n, total), f"`{label}`"] for label, n in counts.most_common(top)]
+    return markdown_table([heading, "function (file)"], rows, "rl")
 
 
 # --- load ----------------------------------------------------------------------------------------------
@@ -344,9 +330,7 @@ async def sample_under_load(
 
 
 def report(what: str, args: argparse.Namespace, sampled: Sampled, profile: Profile, command: str) -> str:
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     op = "lease-and-release cycle" if what == "lease" else "ingest"
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     sampling = "threads holding the GIL only" if args.gil else "idle threads dropped"
     failures = (
         ""
@@ -355,7 +339,7 @@ def report(what: str, args: argparse.Namespace, sampled: Sampled, profile: Profi
     )
     return f"""# Profile of one `session-vault serve` process: {what}
 
-- date: {now}; load average at the end: {load}
+- date: {utc_now()}; load average at the end: {load_average()}
 - load: {args.concurrency} workers, {op}s{" over " + str(args.users) + " users" if what == "lease" else ""}; \
 {sampled.ops} in {sampled.seconds:.1f} s ({sampled.ops / sampled.seconds:.0f}/s) while sampled; \
 vault process CPU {sampled.vault_cpu_ms:.2f} ms per {op} (py-spy running){failures}
@@ -411,7 +395,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--database-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        default=DEFAULT_DATABASE_URL,
         help="maintenance database; a scratch database is created next to it",
     )
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
@@ -429,26 +413,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    maintenance = args.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    maintenance = maintenance_url(args.database_url)
     with ExitStack() as stack:
         prepared = prepare(stack, maintenance, args.users if args.what == "lease" else 0)
         vault_url = with_database(maintenance, prepared.db_name, driver="postgresql+asyncpg")
         log = prepared.tmp / "vault.log"
         proc = stack.enter_context(vault_process(vault_url, prepared.secrets, log, {}))
-        local = urlsplit(maintenance).hostname in {None, "", "127.0.0.1", "localhost", "::1"}
+        local = is_local(maintenance)
         admin = stack.enter_context(psycopg.connect(maintenance, autocommit=True)) if local else None
         probe = Probe(admin, prepared.db_name, [proc.pid])
-        print(
-            f"vault pid {proc.pid}: {args.what} load, sampling {args.seconds} s", file=sys.stderr, flush=True
-        )
+        say(f"vault pid {proc.pid}: {args.what} load, sampling {args.seconds} s")
         sampled = uvloop.run(sample_under_load(args.what, proc, prepared.users, prepared.token, args, probe))
     profile = analyse(parse_folded(args.folded.read_text().splitlines()))
     command = " ".join([".venv/bin/python -m bench.profile", *argv])
     text = report(args.what, args, sampled, profile, command)
-    out = args.out_dir / f"profile-{args.what}.md"
-    out.write_text(text)
-    print(text)
+    write_report(text, args.out_dir / f"profile-{args.what}.md")
 
 
 if __name__ == "__main__":

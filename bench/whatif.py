@@ -5,8 +5,9 @@ For benchmarks only: vault/ is not changed; this module patches the imported cod
 
     SV_WHATIF=token-cache python -m bench.whatif serve
 
-- ``token-cache``: ``Vault.authenticate`` answers a token it resolved less than 5 s ago from a
-  per-process cache instead of a database transaction (a revoked token would keep working up to 5 s).
+- ``token-cache``: token authentication (``vault.service.authenticate``, which ``TokenService`` calls)
+  answers a token it resolved less than 5 s ago from a per-process cache instead of a database
+  transaction (a revoked token would keep working up to 5 s).
 
 The other changes measured this way in bench/results/whatif.md (uvloop, async dependencies, no access
 log, SQL sent straight to asyncpg) have since landed in the vault itself, so their patches are gone.
@@ -33,21 +34,21 @@ def parse(spec: str) -> tuple[str, ...]:
 
 
 def _token_cache() -> None:
-    import vault.service._vault as runtime
+    import vault.service._tokens as tokens  # TokenService.authenticate calls this module's authenticate
 
-    original: Callable[..., Awaitable[Any]] = vars(runtime)["authenticate"]
+    original: Callable[..., Awaitable[Any]] = vars(tokens)["authenticate"]
     cache: dict[tuple[str | None, str], tuple[float, Any]] = {}
 
-    async def authenticate(store: Any, token: str | None, *, role: Any, now: Any) -> Any:
+    async def authenticate(store: Any, keys: Any, token: str | None, *, role: Any, now: Any) -> Any:
         key = (token, str(role))
         hit = cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < TOKEN_CACHE_SECONDS:
             return hit[1]
-        principal = await original(store, token, role=role, now=now)
+        principal = await original(store, keys, token, role=role, now=now)
         cache[key] = (time.monotonic(), principal)
         return principal
 
-    vars(runtime)["authenticate"] = authenticate
+    vars(tokens)["authenticate"] = authenticate
 
 
 PATCHES: dict[str, Callable[[], None]] = {"token-cache": _token_cache}
