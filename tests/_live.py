@@ -1,4 +1,9 @@
-"""A real vault on loopback: both apps under uvicorn, in a background thread with its own event loop."""
+"""A real vault on loopback: both apps under uvicorn, in a background thread with its own event loop.
+
+The vault reads its wall clock from ``LiveVault.clock`` (a :class:`~tests._clocks.SettableClock`, real time
+until a test freezes or advances it): token and session expiry and audit timestamps follow it. Lease
+decisions do not: they read the database's clock.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
+from tests._clocks import SettableClock
 from vault._server import _Server, server_config
 from vault.api import create_internal_app, create_public_app
 from vault.keys import load_audit_keys_file
@@ -25,6 +31,7 @@ class LiveVault:
     internal: str
     admin_token: str
     settings: Settings
+    clock: SettableClock
 
     def token(self, role: str, **extra: object) -> str:
         """A new token of ``role``: over the API for the roles it mints, else as the CLI does (direct)."""
@@ -74,12 +81,13 @@ def make_admin_token(settings: Settings) -> str:
 @contextmanager
 def live_vault(settings: Settings) -> Iterator[LiveVault]:
     admin = make_admin_token(settings)
+    clock = SettableClock()
     started = threading.Event()
     servers: list[uvicorn.Server] = []
     failure: list[BaseException] = []
 
     async def main() -> None:
-        vault = Vault.from_settings(settings)
+        vault = Vault.from_settings(settings, clock=clock)
         vault.start()
         try:
             for app in (create_public_app(settings, vault=vault), create_internal_app(settings, vault=vault)):
@@ -114,6 +122,7 @@ def live_vault(settings: Settings) -> Iterator[LiveVault]:
             internal=f"http://127.0.0.1:{ports[1]}",
             admin_token=admin,
             settings=settings,
+            clock=clock,
         )
     finally:
         for server in servers:

@@ -8,7 +8,6 @@ SQLite (no roles) it is a plain sqlite3 connection, which the triggers guard. Th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import secrets
@@ -24,16 +23,7 @@ import pytest
 
 from tests._db import RawDb, pg_execute, tamper
 from tests.integration.test_audit_tamper import _build_log, _cli, _events, _verify_fails
-from vault.audit import (
-    CONTENT_FIELDS,
-    AuditKeys,
-    Checkpoint,
-    Event,
-    checkpoint_payload,
-    content_hash,
-    link,
-    verify,
-)
+from vault.audit import CONTENT_FIELDS, AuditKeys, content_hash, link
 from vault.errors import AuditChainBroken
 from vault.keys import load_audit_keys_file
 from vault.service import Auditor, Context, SealResult, Vault, seal
@@ -268,34 +258,6 @@ def test_an_unsealed_row_a_settled_checkpoint_passed_is_inserted(
     assert raw.query("SELECT max_id FROM audit_checkpoints WHERE id = 2")[0][0] >= forged
     detail = "an event the vault never sealed (below a checkpoint's high-water)"
     _verify_fails(settings, tmp_path, "inserted", f"event id {forged}: {detail}")
-
-
-def _signed(keys: AuditKeys, **fields: Any) -> Checkpoint:
-    fields |= {"seq": 3, "key_id": keys.public_key.key_id}
-    return Checkpoint(**fields, signature=keys.sign(checkpoint_payload(**fields)))
-
-
-def test_the_high_water_rule_is_positional() -> None:
-    from vault.audit import GENESIS, checkpoint_hash
-
-    keys, head, sealed = AuditKeys.generate(), GENESIS, []
-    for i in (1, 2, 3):
-        event = Event(id=i, at_us=1_000 + i, action="a", outcome="ok", uid=f"{i:032x}")
-        head = link(head, i, i, content_hash(event))
-        sealed.append(dataclasses.replace(event, seq=i, hash=head))
-    # Checkpoint 1 saw ids up to 4 (id 4 was refused); id 5 committed after it. Both are dated far later.
-    late = [Event(id=i, at_us=10**12, action="lease.grant", outcome="ok", uid=f"{i:032x}") for i in (4, 5)]
-    first = _signed(keys, id=1, at_us=2_000, head=head, prev=GENESIS, max_id=4)
-
-    def check(second_at: int, unsealed: list[Event]) -> str | None:
-        second = _signed(keys, id=2, at_us=second_at, head=head, prev=checkpoint_hash(first), max_id=5)
-        problem = verify([*sealed, *unsealed], [first, second], keys.public_key, grace_us=500).problem
-        return None if problem is None else str(problem)
-
-    high_water = "an event the vault never sealed (below a checkpoint's high-water)"
-    assert check(2_600, late) == f"inserted at event id 4: {high_water}"
-    assert check(2_400, late) is None  # checkpoint 1 is not settled yet: id 4 may still be committing
-    assert check(2_600, late[1:]) is None  # id 5 is above every settled high-water mark
 
 
 # --- a changed, uncovered last event ------------------------------------------------------------------------

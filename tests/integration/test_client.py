@@ -1,23 +1,26 @@
 """The lease client (sync and asyncio) against a real vault on loopback, on PostgreSQL and SQLite.
 
-Async tests run their coroutine with ``asyncio.run`` inside a plain test function.
+Async tests run their coroutine with ``asyncio.run`` inside a plain test function. Waiting for a held lease
+runs on a fake clock (the client's ``clock`` and ``sleep``); lease expiry and background renewal are real
+time on the database's clock, so those tests sleep, with margins that a loaded machine cannot eat. (The
+client on a mock transport: ``unit/test_client_answers.py``, ``unit/test_client_waiting.py``.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 
 import httpx
 import pytest
 
+from tests._clocks import FakeMonotonic
 from tests._live import LiveVault
 from tests.sessiongen import make_session, refresh_serialized
-from vault.client import AsyncVaultClient, ClientError, Lease, VaultClient, VaultUnreachable
+from vault.client import AsyncVaultClient, Lease, VaultClient, VaultUnreachable
 from vault.errors import (
     Forbidden,
     LeaseHeld,
@@ -25,11 +28,13 @@ from vault.errors import (
     NoLease,
     NoSession,
     PurposeNotAllowed,
-    SessionExpired,
-    StoredSessionExpired,
     Unauthorized,
-    VaultError,
 )
+
+# Lease times are the database's clock; this process's clock brackets them. The same host's clock, so this
+# is rounding only (SQLite: milliseconds), and room for a remote PostgreSQL's small skew.
+SKEW = 0.5
+POLL = 15.0  # seconds to wait for background renewal (real time, every third of the TTL) to act
 
 
 def _ingest(vault: LiveVault, seed: int) -> tuple[str, str, str]:
@@ -50,6 +55,25 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def _expires_in(lease: Lease, ttl: float, sent: float) -> None:
+    """Granted or renewed (on the database's clock) after ``sent`` and before now: it expires ``ttl`` later."""
+    assert sent + ttl - SKEW <= lease.expires_at.timestamp() <= time.time() + ttl + SKEW
+
+
+def _eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + POLL
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {POLL} s"
+        time.sleep(0.05)
+
+
+async def _eventually_async(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + POLL
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {POLL} s"
+        await asyncio.sleep(0.05)
 
 
 # --- round trip, release on exit, write-back ---------------------------------------------------------
@@ -130,10 +154,11 @@ def test_sync_background_renewal_keeps_a_short_lease(vault: LiveVault) -> None:
         VaultClient(vault.internal, vault.token("signer")) as holder,
         VaultClient(vault.internal, vault.token("signer")) as other,
     ):
-        with holder.lease(user_id, purpose="sign", ttl_seconds=2) as lease:
+        # Renewed every second, a 3 s lease has 2 s to spare for a renewal that a busy machine delays.
+        with holder.lease(user_id, purpose="sign", ttl_seconds=3) as lease:
             granted_until = lease.expires_at
-            for _ in range(2):  # at ~2.5 s and ~5 s: well past the unrenewed expiry
-                time.sleep(2.5)
+            for _ in range(2):  # at ~3.3 s and ~6.6 s: past the unrenewed expiry, twice
+                time.sleep(3.3)  # waits on the database's clock on purpose: only renewal keeps the lease
                 with pytest.raises(LeaseHeld) as held:
                     other.grant(user_id, purpose="sign")
                 assert held.value.retry_after >= 1
@@ -153,10 +178,10 @@ def test_async_background_renewal_keeps_a_short_lease(vault: LiveVault) -> None:
             AsyncVaultClient(vault.internal, tokens[0]) as holder,
             AsyncVaultClient(vault.internal, tokens[1]) as other,
         ):
-            async with holder.lease(user_id, purpose="sign", ttl_seconds=2) as lease:
+            async with holder.lease(user_id, purpose="sign", ttl_seconds=3) as lease:
                 granted_until = lease.expires_at
                 for _ in range(2):
-                    await asyncio.sleep(2.5)
+                    await asyncio.sleep(3.3)  # waits on the database's clock on purpose: see the sync test
                     with pytest.raises(LeaseHeld) as held:
                         await other.grant(user_id, purpose="sign")
                     assert held.value.retry_after >= 1
@@ -171,26 +196,28 @@ def test_async_background_renewal_keeps_a_short_lease(vault: LiveVault) -> None:
 # --- the vault's default TTL ------------------------------------------------------------------------
 
 
-def _seconds_left(lease: Lease) -> float:
-    return (lease.expires_at - datetime.now(UTC)).total_seconds()
-
-
 def test_sync_default_ttl_is_the_tokens_maximum_when_lower(vault: LiveVault) -> None:
     _, user_id, _ = _ingest(vault, 211)
     with VaultClient(vault.internal, vault.token("signer", max_ttl_seconds=10)) as client:
+        sent = time.time()
         with client.lease(user_id, purpose="sign") as lease:
-            assert 9 <= _seconds_left(lease) <= 10.5
+            _expires_in(lease, 10, sent)
             assert lease.ttl_seconds == 10  # renewal runs every ~3.3 s, not every 10 s (30 / 3)
             renewed_from = lease.expires_at
-            time.sleep(1.1)
+            time.sleep(1.1)  # waits on the database's clock on purpose: a later renewal expires later
+            sent = time.time()
             assert client.renew(lease) > renewed_from
-            assert 9 <= _seconds_left(lease) <= 10.5  # renewed by the lease's own TTL
+            _expires_in(lease, 10, sent)  # renewed by the lease's own TTL
     with VaultClient(vault.internal, vault.token("signer")) as client:
+        sent = time.time()
         lease = client.grant(user_id, purpose="sign")  # no token maximum: the vault's 30 s
-        assert (lease.ttl_seconds, 29 <= _seconds_left(lease) <= 30.5) == (30, True)
+        assert lease.ttl_seconds == 30
+        _expires_in(lease, 30, sent)
         client.release(lease)
+        sent = time.time()
         lease = client.grant(user_id, purpose="sign", ttl_seconds=7)  # asked for: used as is
-        assert (lease.ttl_seconds, 6 <= _seconds_left(lease) <= 7.5) == (7, True)
+        assert lease.ttl_seconds == 7
+        _expires_in(lease, 7, sent)
         client.release(lease)
 
 
@@ -200,8 +227,9 @@ def test_async_default_ttl_is_the_tokens_maximum_when_lower(vault: LiveVault) ->
 
     async def main() -> None:
         async with AsyncVaultClient(vault.internal, token) as client:
+            sent = time.time()
             async with client.lease(user_id, purpose="sign") as lease:
-                assert 9 <= _seconds_left(lease) <= 10.5
+                _expires_in(lease, 10, sent)
                 assert lease.ttl_seconds == 10
             lease = await client.grant(user_id, purpose="sign")
             assert lease.ttl_seconds == 10
@@ -210,125 +238,77 @@ def test_async_default_ttl_is_the_tokens_maximum_when_lower(vault: LiveVault) ->
     asyncio.run(main())
 
 
-def _granting(expires_in: float, bodies: list[dict[str, object]]) -> httpx.MockTransport:
-    """A vault that grants every lease for ``expires_in`` seconds and records each request body."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append(json.loads(request.content))
-        if request.url.path.endswith("/release"):
-            return httpx.Response(200, json={"lease_id": "l", "released": True, "written_back": False})
-        expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
-        return httpx.Response(
-            201,
-            json={"lease_id": "l", "session_id": "s", "user_id": "u", "fencing_token": 1,
-                  "expires_at": expires_at.isoformat(), "session": "x"},
-        )  # fmt: skip
-
-    return httpx.MockTransport(handler)
-
-
-@pytest.mark.parametrize(
-    ("ttl_seconds", "expires_in", "expected"),
-    [
-        (None, 10.0, 10),
-        (None, 30.2, 30),
-        (None, 0.2, 1),  # at least 1
-        (None, 95.0, 30),  # a client clock behind the vault's cannot stretch the default past 30 s
-        (5, 9.0, 5),  # asked for: the vault grants exactly that
-    ],
-)
-def test_ttl_is_omitted_when_not_given_and_inferred_from_the_grant(
-    ttl_seconds: int | None, expires_in: float, expected: int
-) -> None:
-    bodies: list[dict[str, object]] = []
-    with VaultClient("http://vault", "t", transport=_granting(expires_in, bodies)) as client:
-        lease = client.grant("u", purpose="sign", ttl_seconds=ttl_seconds)
-    wanted: dict[str, object] = {"purpose": "sign"}
-    if ttl_seconds is not None:
-        wanted["ttl_seconds"] = ttl_seconds
-    assert bodies == [wanted]
-    assert lease.ttl_seconds == expected
-
-    async def main() -> Lease:
-        transport = _granting(expires_in, bodies)
-        async with AsyncVaultClient("http://vault", "t", transport=transport) as client:
-            async with client.lease("u", purpose="sign", ttl_seconds=ttl_seconds, renew=False) as lease:
-                return lease
-
-    bodies.clear()
-    assert asyncio.run(main()).ttl_seconds == expected
-    assert bodies[0] == wanted
-
-
 # --- waiting for a held lease ------------------------------------------------------------------------
 
 
 def test_sync_wait_for_a_held_lease(vault: LiveVault) -> None:
     _, user_id, _ = _ingest(vault, 141)
+    tokens = vault.token("signer"), vault.token("signer")
+    waiting = FakeMonotonic()
     with (
-        VaultClient(vault.internal, vault.token("signer")) as first,
-        VaultClient(vault.internal, vault.token("signer")) as second,
+        VaultClient(vault.internal, tokens[0]) as first,
+        VaultClient(vault.internal, tokens[1], clock=waiting.clock, sleep=waiting.sleep) as second,
     ):
+        sent = time.monotonic()
         held = first.grant(user_id, purpose="sign", ttl_seconds=30)
-        started = time.monotonic()
         with pytest.raises(LeaseHeld) as refused:
             with second.lease(user_id, purpose="sign"):
                 pass  # pragma: no cover
-        assert time.monotonic() - started < 1
-        assert 25 <= refused.value.retry_after <= 30
-        # A short wait gives up at its deadline, not later.
-        started = time.monotonic()
+        assert waiting.sleeps == []  # no wait: refused at the first attempt
+        # The held lease's time left on the database's clock, in whole seconds, rounded up.
+        assert 30 - (time.monotonic() - sent) - 1 <= refused.value.retry_after <= 30
+        # A short wait gives up at its deadline, not later: on the client's (fake) clock, exactly.
         with pytest.raises(LeaseHeld):
             with second.lease(user_id, purpose="sign", wait=0.4):
                 pass  # pragma: no cover
-        assert 0.4 <= time.monotonic() - started < 1.2
-        # A long enough wait gets the lease once the first holder releases it (after ~1 s).
-        with ThreadPoolExecutor(1) as pool:
+        assert waiting.now == waiting.start + 0.4  # the deadline, as the client computed it
+        assert len(waiting.sleeps) >= 4  # the first three delays are at most 0.05, 0.1 and 0.2 s
 
-            def release_later() -> bool:
-                time.sleep(1)
-                return first.release(held)
+        # A long enough wait gets the lease at the first attempt after the holder releases it.
+        patient = FakeMonotonic()
 
-            released = pool.submit(release_later)
-            started = time.monotonic()
-            with second.lease(user_id, purpose="sign", wait=6) as lease:
-                waited = time.monotonic() - started
+        def sleep_then_release(seconds: float) -> None:
+            patient.sleep(seconds)
+            if len(patient.sleeps) == 3:
+                assert first.release(held) is False
+
+        with VaultClient(vault.internal, tokens[1], clock=patient.clock, sleep=sleep_then_release) as third:
+            with third.lease(user_id, purpose="sign", wait=6) as lease:
                 assert lease.fencing_token == held.fencing_token + 1
-            assert released.result() is False
-        assert 0.9 <= waited < 4.5
+        assert len(patient.sleeps) == 3  # each at most its ceiling: 0.05, 0.1, 0.2 s
 
 
 def test_async_wait_for_a_held_lease(vault: LiveVault) -> None:
     _, user_id, _ = _ingest(vault, 151)
     tokens = vault.token("signer"), vault.token("signer")
+    waiting, patient = FakeMonotonic(), FakeMonotonic()
 
     async def main() -> None:
-        async with (
-            AsyncVaultClient(vault.internal, tokens[0]) as first,
-            AsyncVaultClient(vault.internal, tokens[1]) as second,
-        ):
+        async with AsyncVaultClient(vault.internal, tokens[0]) as first:
             held = await first.grant(user_id, purpose="sign", ttl_seconds=30)
-            with pytest.raises(LeaseHeld) as refused:
-                async with second.lease(user_id, purpose="sign"):
-                    pass  # pragma: no cover
-            assert refused.value.retry_after >= 1
-            started = time.monotonic()
-            with pytest.raises(LeaseHeld):
-                async with second.lease(user_id, purpose="sign", wait=0.4):
-                    pass  # pragma: no cover
-            assert 0.4 <= time.monotonic() - started < 1.2
 
-            async def release_later() -> bool:
-                await asyncio.sleep(1)
-                return await first.release(held)
+            async def sleep_then_release(seconds: float) -> None:
+                await patient.asleep(seconds)
+                if len(patient.sleeps) == 3:
+                    assert await first.release(held) is False
 
-            releasing = asyncio.create_task(release_later())
-            started = time.monotonic()
-            async with second.lease(user_id, purpose="sign", wait=6) as lease:
-                waited = time.monotonic() - started
-                assert lease.fencing_token == held.fencing_token + 1
-            assert await releasing is False
-            assert 0.9 <= waited < 4.5
+            async with AsyncVaultClient(
+                vault.internal, tokens[1], clock=waiting.clock, sleep=waiting.asleep
+            ) as second:
+                with pytest.raises(LeaseHeld) as refused:
+                    async with second.lease(user_id, purpose="sign"):
+                        pass  # pragma: no cover
+                assert refused.value.retry_after >= 1 and waiting.sleeps == []
+                with pytest.raises(LeaseHeld):
+                    async with second.lease(user_id, purpose="sign", wait=0.4):
+                        pass  # pragma: no cover
+                assert waiting.now == waiting.start + 0.4 and len(waiting.sleeps) >= 4
+            async with AsyncVaultClient(
+                vault.internal, tokens[1], clock=patient.clock, sleep=sleep_then_release
+            ) as third:
+                async with third.lease(user_id, purpose="sign", wait=6) as lease:
+                    assert lease.fencing_token == held.fencing_token + 1
+            assert len(patient.sleeps) == 3  # each at most its ceiling: 0.05, 0.1, 0.2 s
 
     asyncio.run(main())
 
@@ -346,7 +326,7 @@ def test_sync_typed_errors(vault: LiveVault) -> None:
         with pytest.raises(PurposeNotAllowed):
             with client.lease(user_id, purpose="other"):
                 pass  # pragma: no cover
-        lease = client.grant(user_id, purpose="sign", ttl_seconds=5)
+        lease = client.grant(user_id, purpose="sign", ttl_seconds=30)
         ghost = Lease(
             "00000000-0000-4000-8000-00000000dead",
             lease.session_id,
@@ -407,7 +387,7 @@ def test_sync_lost_lease(vault: LiveVault) -> None:
         # Expired without renewal and taken over: leaving the block raises LeaseLost.
         with pytest.raises(LeaseLost):
             with first.lease(user_id, purpose="sign", ttl_seconds=1, renew=False) as lease:
-                time.sleep(2.2)
+                time.sleep(2.2)  # waits on the database's clock on purpose: the 1 s lease has expired
                 taken = second.grant(user_id, purpose="sign", ttl_seconds=30)
                 assert taken.fencing_token == lease.fencing_token + 1
                 lease.refreshed = _refreshed(182, s1)  # must not be written back
@@ -417,8 +397,7 @@ def test_sync_lost_lease(vault: LiveVault) -> None:
             with first.lease(user_id, purpose="sign", ttl_seconds=3) as lease:
                 assert lease.session == s1  # the lost lease's refreshed session was not written back
                 first.release(lease)
-                time.sleep(1.4)
-                assert lease.lost
+                _eventually(lambda: lease.lost)  # the next renewal, ~1 s on, is refused
         # A block that raises keeps its own exception, even when the release then fails.
         with pytest.raises(KeyError):
             with first.lease(user_id, purpose="sign", renew=False) as lease:
@@ -437,15 +416,14 @@ def test_async_lost_lease(vault: LiveVault) -> None:
         ):
             with pytest.raises(LeaseLost):
                 async with first.lease(user_id, purpose="sign", ttl_seconds=1, renew=False) as lease:
-                    await asyncio.sleep(2.2)
+                    await asyncio.sleep(2.2)  # waits on the database's clock on purpose: the lease expired
                     taken = await second.grant(user_id, purpose="sign", ttl_seconds=30)
                     assert taken.fencing_token == lease.fencing_token + 1
             await second.release(taken)
             with pytest.raises(LeaseLost):
                 async with first.lease(user_id, purpose="sign", ttl_seconds=3) as lease:
                     await first.release(lease)
-                    await asyncio.sleep(1.4)
-                    assert lease.lost
+                    await _eventually_async(lambda: lease.lost)  # the next renewal, ~1 s on, is refused
             with pytest.raises(KeyError):
                 async with first.lease(user_id, purpose="sign", renew=False) as lease:
                     await first.release(lease)
@@ -477,71 +455,3 @@ def test_reprs_show_neither_token_nor_session(vault: LiveVault) -> None:
             return repr(client)
 
     assert token not in asyncio.run(main())
-
-
-# --- answers the vault would not give: mapped without a server ---------------------------------------
-
-
-def _answering(status: int, body: object, headers: dict[str, str] | None = None) -> httpx.MockTransport:
-    def handler(_request: httpx.Request) -> httpx.Response:
-        if isinstance(body, str):
-            return httpx.Response(status, text=body, headers=headers)
-        return httpx.Response(status, json=body, headers=headers)
-
-    return httpx.MockTransport(handler)
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected", "code"),
-    [
-        (410, {"error": "session_expired", "detail": "x"}, StoredSessionExpired, "session_expired"),
-        (422, {"error": "session_expired", "detail": "x"}, SessionExpired, "session_expired"),
-        (418, {"error": "teapot", "detail": "short and stout"}, ClientError, "teapot"),
-        (502, "<html>bad gateway</html>", ClientError, "http_error"),
-        (500, {"error": "internal", "detail": "internal error"}, VaultError, "internal"),
-    ],
-)
-def test_error_bodies_map_to_classes(
-    status: int, body: object, expected: type[VaultError], code: str
-) -> None:
-    with VaultClient("http://vault", "t", transport=_answering(status, body)) as client:
-        with pytest.raises(VaultError) as raised:
-            client.grant("u", purpose="sign")
-    assert type(raised.value) is expected
-    assert raised.value.code == code
-    if isinstance(raised.value, ClientError):
-        assert raised.value.status == status
-
-
-def test_retry_after_falls_back_to_the_header_and_waiting_stops_at_the_deadline() -> None:
-    attempts = 0
-
-    def handler(_request: httpx.Request) -> httpx.Response:
-        nonlocal attempts
-        attempts += 1
-        return httpx.Response(
-            409, json={"error": "lease_held", "detail": "held"}, headers={"Retry-After": "7"}
-        )
-
-    with VaultClient("http://vault", "t", transport=httpx.MockTransport(handler)) as client:
-        started = time.monotonic()
-        with pytest.raises(LeaseHeld) as held:
-            with client.lease("u", purpose="sign", wait=0.5):
-                pass  # pragma: no cover
-        elapsed = time.monotonic() - started
-    assert held.value.retry_after == 7
-    assert 0.5 <= elapsed < 1
-    assert attempts >= 3
-
-
-def test_async_waiting_stops_at_the_deadline() -> None:
-    async def main() -> float:
-        transport = _answering(409, {"error": "lease_held", "detail": "held", "retry_after": 1})
-        async with AsyncVaultClient("http://vault", "t", transport=transport) as client:
-            started = time.monotonic()
-            with pytest.raises(LeaseHeld):
-                async with client.lease(session_id="s", purpose="sign", wait=0.3):
-                    pass  # pragma: no cover
-            return time.monotonic() - started
-
-    assert 0.3 <= asyncio.run(main()) < 0.8

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -92,7 +91,7 @@ def test_public_ingest_answers_and_stores_only_ciphertext(vault: LiveVault, raw:
 
 def test_capsule_format_and_no_signers_and_no_expiry(vault: LiveVault) -> None:
     session, body = make_session(12, legacy=True, signers=False, no_expiry=True)
-    before = time.time()
+    now = vault.clock.freeze()  # the expiry is counted on the vault's clock: pinned, it is exact
     response = _post(f"{vault.public}/api/import-session", session)
     assert response.status_code == 201, response.text
     out = response.json()
@@ -103,9 +102,8 @@ def test_capsule_format_and_no_signers_and_no_expiry(vault: LiveVault) -> None:
         "has_signers": False,
     }
     # A cookie with no expiry gets the vault's maximum lifetime (it never expired, before).
-    lifetime = vault.settings.session_max_lifetime_seconds
-    expires = datetime.fromisoformat(out["expires_at"]).timestamp()
-    assert before + lifetime <= expires <= time.time() + lifetime
+    lifetime = timedelta(seconds=vault.settings.session_max_lifetime_seconds)
+    assert datetime.fromisoformat(out["expires_at"]) == now + lifetime
 
 
 def test_internal_ingest_needs_an_ingest_token(vault: LiveVault, raw: RawDb) -> None:

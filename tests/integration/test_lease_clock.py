@@ -24,6 +24,7 @@ from tests._live import LiveVault
 from tests.sessiongen import make_session
 
 HOLD = 2.5  # seconds the row lock is held
+TTL = 30  # long, so no "still held" below can flake; dated from the wait's start, a lease came HOLD s short
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -63,7 +64,7 @@ def _post_behind_the_lock(raw: RawDb, session_id: str, url: str, body: dict[str,
             target=lambda: answers.append(httpx.post(url, json=body, headers=_auth(token), timeout=60))
         )
         thread.start()
-        time.sleep(HOLD)
+        time.sleep(HOLD)  # waits on the database's clock on purpose: the request queues behind the lock
         released = time.time()
     thread.join(60)
     return answers[0], released
@@ -78,14 +79,12 @@ def test_a_grant_that_waited_for_the_lock_is_dated_after_the_wait(vault: LiveVau
     signer = vault.token("signer")
     url = f"{vault.internal}/v1/sessions/{session_id}/lease"
     answer, released = _post_behind_the_lock(
-        raw, session_id, url, {"purpose": "sign", "ttl_seconds": 2}, signer
+        raw, session_id, url, {"purpose": "sign", "ttl_seconds": TTL}, signer
     )
     arrived = time.time()
     assert answer.status_code == 201, answer.text
-    assert (
-        _expires(answer) > arrived
-    )  # not born expired (it was, by HOLD - 2 s, with the clock read too early)
-    assert _expires(answer) >= released + 2 - 0.25
+    assert _expires(answer) > arrived  # not born expired (with the clock read too early, a 2 s lease was)
+    assert _expires(answer) >= released + TTL - 0.25  # was: the moment the wait began + TTL
     granted_us = raw.query("SELECT granted_us FROM leases WHERE id = %s", [answer.json()["lease_id"]])[0][0]
     assert granted_us >= (released - 0.25) * 1_000_000
     # And nobody else gets the session while the new holder still has it.
@@ -100,7 +99,7 @@ def test_a_renewal_that_waited_for_the_lock_counts_from_after_the_wait(vault: Li
     _, session_id = _ingest(vault, 402)
     signer = vault.token("signer")
     granted = httpx.post(
-        f"{vault.internal}/v1/sessions/{session_id}/lease", json={"purpose": "sign", "ttl_seconds": 5},
+        f"{vault.internal}/v1/sessions/{session_id}/lease", json={"purpose": "sign", "ttl_seconds": TTL},
         headers=_auth(signer),
     ).json()  # fmt: skip
     url = f"{vault.internal}/v1/leases/{granted['lease_id']}/renew"
@@ -108,7 +107,7 @@ def test_a_renewal_that_waited_for_the_lock_counts_from_after_the_wait(vault: Li
         raw, session_id, url, {"fencing_token": granted["fencing_token"]}, signer
     )
     assert answer.status_code == 200, answer.text
-    assert _expires(answer) >= released + 5 - 0.25  # was: the moment the wait began + 5 s
+    assert _expires(answer) >= released + TTL - 0.25  # was: the moment the wait began + TTL
 
 
 def test_a_lease_that_expired_during_the_wait_is_not_renewed(vault: LiveVault, raw: RawDb) -> None:
@@ -122,5 +121,6 @@ def test_a_lease_that_expired_during_the_wait_is_not_renewed(vault: LiveVault, r
     answer, _ = _post_behind_the_lock(
         raw, session_id, url, {"fencing_token": granted["fencing_token"]}, signer
     )
+    # The 1 s lease expired while the renewal waited HOLD s for the lock (the database's clock, on purpose).
     # Was: 200 with an expiry already in the past (the lease looked alive at the moment the wait began).
     assert answer.status_code == 409 and answer.json()["error"] == "lease_lost", answer.text

@@ -54,6 +54,15 @@ def _ingest(vault: LiveVault, session: str) -> dict[str, Any]:
     return out
 
 
+# Lease times are the database's clock; this process's clock brackets them. The same host's clock, so this
+# is rounding only (SQLite: milliseconds), and room for a remote PostgreSQL's small skew.
+SKEW = 0.5
+
+
+def _expires(answer: dict[str, Any]) -> float:
+    return datetime.fromisoformat(answer["expires_at"]).timestamp()
+
+
 def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
@@ -65,6 +74,7 @@ def test_grant_returns_the_session_once_and_holds_it(vault: LiveVault, raw: RawD
     session, body = make_session(61)
     ingested = _ingest(vault, session)
     a, b = Signer(vault), Signer(vault)
+    sent = time.time()
     granted = a.lease_user(body["userId"], ttl_seconds=20)
     assert granted.status_code == 201, granted.text
     lease = granted.json()
@@ -72,8 +82,7 @@ def test_grant_returns_the_session_once_and_holds_it(vault: LiveVault, raw: RawD
     assert lease["session_id"] == ingested["session_id"] and lease["user_id"] == body["userId"]
     assert lease["fencing_token"] == 1
     assert granted.headers["cache-control"] == "no-store"
-    remaining = datetime.fromisoformat(lease["expires_at"]).timestamp() - time.time()
-    assert 17 < remaining <= 20.5
+    assert sent + 20 - SKEW <= _expires(lease) <= time.time() + 20 + SKEW  # 20 s from the grant
 
     for signer, response in ((b, b.lease_user(body["userId"])), (a, a.lease_session(ingested["session_id"]))):
         held = _error(response, 409, "lease_held")
@@ -125,10 +134,10 @@ def test_ttl_and_purpose_limits(vault: LiveVault, raw: RawDb) -> None:
     _error(free.http.post(f"/v1/users/{user}/lease", json={"ttl_seconds": 5}), 422, "invalid_request")
     _error(free.http.post(f"/v1/users/{user}/lease", content=b"purpose=sign"), 415, "unsupported_media_type")
     assert raw.query("SELECT count(*) FROM leases")[0][0] == 0
+    sent = time.time()
     granted = limited.lease_user(user)  # the default TTL (30 s) is capped at the token's maximum
     assert granted.status_code == 201
-    remaining = datetime.fromisoformat(granted.json()["expires_at"]).timestamp() - time.time()
-    assert 8 < remaining <= 10.5
+    assert sent + 10 - SKEW <= _expires(granted.json()) <= time.time() + 10 + SKEW
     assert raw.query("SELECT count(*) FROM audit_events WHERE detail = 'purpose_not_allowed'")[0][0] == 1
 
 
@@ -165,19 +174,21 @@ def test_renew_and_release_only_by_the_holder_with_the_newest_fence(vault: LiveV
     session, body = make_session(68)
     _ingest(vault, session)
     a, b = Signer(vault), Signer(vault)
-    lease = a.lease_user(body["userId"], ttl_seconds=2).json()
+    lease = a.lease_user(body["userId"], ttl_seconds=3).json()
     lid, fence = lease["lease_id"], lease["fencing_token"]
+    # A renewal counts the lease's own TTL from now. Lengthen it behind the vault's back (the grant's 3 s
+    # expiry stands): the renewed expiry is then a minute away, and "within the renewed one" cannot flake.
+    raw.execute("UPDATE leases SET ttl_seconds = 60 WHERE id = %s", [lid])
+    renewed = a.renew(lid, fence)
+    assert renewed.status_code == 200, renewed.text
+    assert _expires(renewed.json()) > _expires(lease) + 50
     _error(a.renew("00000000-0000-4000-8000-000000000000", fence), 404, "no_lease")
     _error(b.renew(lid, fence), 403, "forbidden")
     _error(b.release(lid, fence), 403, "forbidden")
     _error(a.renew(lid, fence + 1), 409, "lease_lost")
     _error(a.release(lid, fence + 2), 409, "lease_lost")
     _error(a.release(lid, 0), 422, "invalid_request")  # fencing tokens start at 1
-    time.sleep(1.2)
-    renewed = a.renew(lid, fence)
-    assert renewed.status_code == 200
-    assert datetime.fromisoformat(renewed.json()["expires_at"]) > datetime.fromisoformat(lease["expires_at"])
-    time.sleep(1.2)  # past the original expiry, within the renewed one
+    time.sleep(3.3)  # waits on the database's clock on purpose: past the grant's 3 s, not the renewal's 60
     _error(b.lease_user(body["userId"]), 409, "lease_held")
     released = a.release(lid, fence)
     assert released.json() == {"lease_id": lid, "released": True, "written_back": False}
@@ -221,7 +232,7 @@ def test_expired_lease_is_taken_over_and_the_late_write_back_refused(vault: Live
     late, _ = refresh_session(body, 74)
     a, b = Signer(vault), Signer(vault)
     old = a.lease_user(body["userId"], ttl_seconds=1).json()
-    time.sleep(1.3)
+    time.sleep(1.3)  # waits on the database's clock on purpose: the 1 s lease has expired by then
     new = b.lease_session(sid).json()
     assert new["fencing_token"] == old["fencing_token"] + 1 and new["session"] == session
     _error(a.release(old["lease_id"], old["fencing_token"], late), 409, "lease_lost")
@@ -247,7 +258,7 @@ def test_every_lease_event_is_audited_without_secrets(vault: LiveVault, raw: Raw
     _ingest(vault, session)
     refreshed, _ = refresh_session(body, 76)
     a, b = Signer(vault), Signer(vault)
-    lease = a.lease_user(body["userId"], purpose="sign:tx", ttl_seconds=5).json()
+    lease = a.lease_user(body["userId"], purpose="sign:tx", ttl_seconds=30).json()
     b.lease_user(body["userId"])
     a.renew(lease["lease_id"], lease["fencing_token"])
     a.release(lease["lease_id"], lease["fencing_token"], refreshed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
+from datetime import timedelta
 
 import httpx
 
@@ -65,6 +65,7 @@ def test_roles_are_separate(vault: LiveVault) -> None:
 
 
 def test_expired_and_revoked_tokens_stop_working(vault: LiveVault) -> None:
+    created = vault.clock.freeze()  # token expiry is decided by the vault's clock: no sleeping
     short = vault.token("ingest", expires_in=1)
     revoked = vault.token("ingest")
     assert _ingest(vault, short, 44).status_code == 201
@@ -75,8 +76,10 @@ def test_expired_and_revoked_tokens_stop_working(vault: LiveVault) -> None:
     assert _ingest(vault, revoked, 46).status_code == 401
     again = httpx.delete(f"{vault.internal}/v1/tokens/{revoked_id}", headers=_auth(vault.admin_token))
     assert again.status_code == 404 and again.json()["error"] == "not_found"
-    time.sleep(1.1)
-    assert _ingest(vault, short, 47).status_code == 401
+    vault.clock.advance(1 - 1e-6)  # a microsecond before its expiry: still good
+    assert _ingest(vault, short, 47).status_code == 201
+    assert vault.clock.advance(1e-6) == created + timedelta(seconds=1)  # its expiry: refused from here on
+    assert _ingest(vault, short, 48).status_code == 401
 
 
 def test_tokens_are_stored_hashed_and_never_listed(vault: LiveVault, raw: RawDb) -> None:

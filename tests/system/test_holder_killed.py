@@ -2,7 +2,7 @@
 with a larger fencing token, and the old holder's late write-back is refused.
 
 The holder is a real client process (this module run as ``python -m tests.system.test_holder_killed``):
-it takes a 2 s lease with background renewal through :class:`vault.client.VaultClient`, prints the
+it takes a 5 s lease with background renewal through :class:`vault.client.VaultClient`, prints the
 lease as one JSON line and sleeps in the ``with`` block until it is SIGKILLed.
 """
 
@@ -33,7 +33,7 @@ pytestmark = (
     pytest.mark.slow
 )  # kills a process and waits out a lease: `scripts/test.sh -m "not slow"` skips it
 
-TTL = 2
+TTL = 5  # renewed every 5/3 s: a renewal that a busy machine delays still has over 3 s to spare
 ROOT = Path(__file__).resolve().parents[2]
 _URL_VAR, _TOKEN_VAR, _USER_VAR = "HOLDER_VAULT_URL", "HOLDER_TOKEN", "HOLDER_USER_ID"
 
@@ -77,9 +77,9 @@ def test_killed_holder_loses_the_lease_at_expiry(settings: Settings, raw: RawDb,
             old = _read_line(holder, 30)
             assert old["session_id"] == session_id
             with VaultClient(server.internal, token2) as second:
-                # Renewal keeps the 2 s lease alive well past its first expiry.
+                # Renewal keeps the lease alive well past its first expiry.
                 for _ in range(2):
-                    time.sleep(1.5)
+                    time.sleep(3)  # waits on the database's clock on purpose: at 6 s only renewal holds it
                     with pytest.raises(LeaseHeld):
                         second.grant(user_id, purpose="sign")
                 assert holder.poll() is None, (tmp_path / "holder.log").read_text()
@@ -87,7 +87,7 @@ def test_killed_holder_loses_the_lease_at_expiry(settings: Settings, raw: RawDb,
                 holder.kill()
                 holder.wait(10)
                 killed_wall, killed = time.time(), time.monotonic()
-                with second.lease(user_id, purpose="sign", wait=10, renew=False) as lease:
+                with second.lease(user_id, purpose="sign", wait=30, renew=False) as lease:
                     waited = time.monotonic() - killed
                     assert lease.fencing_token == old["fencing_token"] + 1
                     assert lease.session == original
@@ -99,8 +99,9 @@ def test_killed_holder_loses_the_lease_at_expiry(settings: Settings, raw: RawDb,
             if holder.stdout is not None:
                 holder.stdout.close()
 
-        # Taken over at expiry: not before (the holder renewed up to the kill), and not much after.
-        assert waited < TTL + 2, waited
+        # Taken over at expiry: not before (the holder renewed up to the kill; granted_us below), and not much
+        # after (a generous bound: the database's clock decides, and a busy machine answers late).
+        assert waited < TTL + 10, waited
         rows = raw.query(
             "SELECT id, fencing_token, granted_us, expires_us, end_reason FROM leases "
             "WHERE session_id = %s ORDER BY fencing_token",

@@ -23,7 +23,7 @@ from tests._live import LiveVault, live_vault
 from vault.settings import Settings
 
 DEADLINE = 1.0  # both deadlines, in the vault under test
-SLACK = 2.0  # how much later than its deadline a connection may be closed
+SLACK = 3.0  # how much later than its deadline a connection may be closed (a busy machine is late)
 
 
 @pytest.fixture
@@ -235,16 +235,18 @@ def test_unfinished_bodies_are_closed_at_the_deadline(limited: LiveVault, listen
 
 
 @pytest.mark.slow
-def test_a_body_finished_in_time_is_answered(limited: LiveVault) -> None:
+def test_a_body_finished_in_time_is_answered(settings: Settings) -> None:
     body = json.dumps({"session": "not a session"}).encode()
     head = BODY_HEAD.format(path="/api/import-session").replace(
         "Content-Length: 100", f"Content-Length: {len(body)}"
     )
-    with _connect(limited.public) as sock:
+    # A pause well within the deadline: 10 s here, so a busy machine cannot turn "in time" into late.
+    update = {"http_header_timeout_seconds": 10.0, "http_body_timeout_seconds": 10.0}
+    with live_vault(settings.model_copy(update=update)) as vault, _connect(vault.public) as sock:
         sock.sendall(head.encode() + body[:5])
-        time.sleep(DEADLINE / 2)
+        time.sleep(DEADLINE)
         sock.sendall(body[5:])
-        outcome = _response(sock, time.monotonic() + DEADLINE + SLACK)
+        outcome = _response(sock, time.monotonic() + 10 + SLACK)
         assert outcome.status == 422, outcome.data[:300]
         assert outcome.json()["error"] != "request_timeout"
 
@@ -294,7 +296,7 @@ def _hold(url: str, count: int) -> list[socket.socket]:
         sock = _connect(url)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n")  # mid-request: headers unfinished
         held.append(sock)
-    time.sleep(0.2)  # let the server accept them all
+    time.sleep(0.2)  # usually enough for the server to accept them all; what needs it polls (below)
     return held
 
 
@@ -304,10 +306,19 @@ def _one_request(url: str) -> Outcome:
         return _wait_closed(sock, time.monotonic() + 5)
 
 
+def _first_answered(url: str, status: int, within: float = 10.0) -> Outcome:
+    """One request after another until one is answered ``status``: the server accepts, and notices closed,
+    connections in its own time (a busy machine's), so the count it limits on may lag behind ours."""
+    deadline = time.monotonic() + within
+    while (outcome := _one_request(url)).status != status and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return outcome
+
+
 def test_past_the_connection_limit_requests_are_answered_503(five: LiveVault) -> None:
     held = _hold(five.internal, 5)
     try:
-        outcome = _one_request(five.internal)
+        outcome = _first_answered(five.internal, 503)
         # uvicorn's limit_concurrency: a plain-text 503, then the connection is closed.
         assert outcome.status == 503, outcome.data[:300]
         assert outcome.data.endswith(b"\r\n\r\nService Unavailable") and outcome.closed
@@ -316,8 +327,7 @@ def test_past_the_connection_limit_requests_are_answered_503(five: LiveVault) ->
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.3)
-    assert _one_request(five.internal).status == 200
+    assert _first_answered(five.internal, 200).status == 200  # once the server has seen them close
 
 
 @pytest.mark.parametrize(("others", "status"), [(3, 200), (4, 503)])
@@ -328,7 +338,7 @@ def test_the_connection_limit_counts_the_requests_own_connection(
     # included: with a limit of 5, a request is served beside at most 3 other open connections.
     held = _hold(five.internal, others)
     try:
-        assert _one_request(five.internal).status == status
+        assert _first_answered(five.internal, status).status == status
     finally:
         for sock in held:
             sock.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -31,7 +32,13 @@ __all__ = ["AsyncLeaseScope", "AsyncVaultClient"]
 
 
 class AsyncVaultClient:
-    """A signer's client of the vault's internal API. The token is sent, never shown (not in any repr)."""
+    """A signer's client of the vault's internal API. The token is sent, never shown (not in any repr).
+
+    ``transport`` and ``timeout`` go to the underlying :class:`httpx.AsyncClient`. ``clock`` (monotonic
+    seconds) and ``sleep`` (awaited) are what :meth:`lease` waits with while another holder has the lease
+    (its ``wait``), and nothing else: background renewal keeps real time. Tests pass a fake pair whose
+    sleep advances the clock.
+    """
 
     def __init__(
         self,
@@ -40,8 +47,12 @@ class AsyncVaultClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._clock = clock
+        self._sleep = sleep
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -130,15 +141,15 @@ class AsyncVaultClient:
         return AsyncLeaseScope(self, request, wait=wait, renew=renew)
 
     async def _grant_waiting(self, request: GrantRequest, wait: float) -> Lease:
-        backoff = Backoff(time.monotonic() + wait)
+        backoff = Backoff(self._clock() + wait)
         while True:
             try:
                 return await self._grant(request)
             except LeaseHeld as exc:
-                delay = backoff.delay(exc.retry_after, time.monotonic())
+                delay = backoff.delay(exc.retry_after, self._clock())
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
 
 
 class _Renewer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -31,7 +32,12 @@ __all__ = ["LeaseScope", "VaultClient"]
 
 
 class VaultClient:
-    """A signer's client of the vault's internal API. The token is sent, never shown (not in any repr)."""
+    """A signer's client of the vault's internal API. The token is sent, never shown (not in any repr).
+
+    ``transport`` and ``timeout`` go to the underlying :class:`httpx.Client`. ``clock`` (monotonic seconds)
+    and ``sleep`` are what :meth:`lease` waits with while another holder has the lease (its ``wait``), and
+    nothing else: background renewal keeps real time. Tests pass a fake pair whose sleep advances the clock.
+    """
 
     def __init__(
         self,
@@ -40,8 +46,12 @@ class VaultClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._clock = clock
+        self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -130,15 +140,15 @@ class VaultClient:
         return LeaseScope(self, request, wait=wait, renew=renew)
 
     def _grant_waiting(self, request: GrantRequest, wait: float) -> Lease:
-        backoff = Backoff(time.monotonic() + wait)
+        backoff = Backoff(self._clock() + wait)
         while True:
             try:
                 return self._grant(request)
             except LeaseHeld as exc:
-                delay = backoff.delay(exc.retry_after, time.monotonic())
+                delay = backoff.delay(exc.retry_after, self._clock())
                 if delay is None:
                     raise
-                time.sleep(delay)
+                self._sleep(delay)
 
 
 class _Renewer:
