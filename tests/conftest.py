@@ -27,6 +27,7 @@ from vault.keys import create_audit_keys_file, create_keyring_file
 from vault.settings import Settings
 
 BACKENDS = ["postgresql", "sqlite"]
+pytest_plugins = ["tests._openbao"]
 
 
 @pytest.fixture(scope="session")

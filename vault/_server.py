@@ -65,6 +65,13 @@ def run(settings: Settings, *, on_started: Callable[[], None] | None = None) -> 
 async def serve_both(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
     """Serve both listeners until SIGINT or SIGTERM. The runtime is opened before either listens."""
     vault = Vault.from_settings(settings)
+    try:
+        # The KEK must be usable before anything listens: a Transit key that is missing, not derived or
+        # of another type is a ConfigError, an unreachable or sealed KMS a KeyUnavailable (exit 1 either way).
+        await vault.kek.check()
+    except BaseException:
+        await vault.close()
+        raise
     vault.start()
     try:
         public = create_public_app(settings, vault=vault)

@@ -1,4 +1,4 @@
-"""``session-vault``: run the vault, migrate its database, manage service credentials.
+"""``session-vault``: run the vault, migrate its database, manage service credentials and keys.
 
 Every command that acts on the vault's state takes ``--data-dir DIR`` (a ``dev`` data directory);
 without it, it reads the same ``VAULT_*`` environment as ``serve``. Errors print one line on stderr
@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from vault._cli_keys import add_key_commands
 from vault.audit import PublicKey, Report, verify
 from vault.errors import ConfigError, VaultError
 from vault.keys import create_audit_keys_file, create_keyring_file, load_audit_keys_file, write_private
@@ -375,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = with_data_dir(token.add_parser("revoke", help="revoke a token by id"))
     revoke.add_argument("token_id")
     revoke.set_defaults(func=_cmd_token_revoke)
+    add_key_commands(sub, with_data_dir, _settings, _CLI, _operator)
     return parser
 
 

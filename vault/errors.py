@@ -18,7 +18,8 @@ written by the vault, never copied from input.
     ├── SessionGone
     │   ├── SessionRevoked          session_revoked
     │   ├── SessionSuperseded       session_superseded
-    │   └── StoredSessionExpired    session_expired
+    │   ├── StoredSessionExpired    session_expired
+    │   └── UserShredded            user_shredded
     ├── LeaseHeld                   lease_held       (carries retry_after)
     ├── LeaseLost                   lease_lost
     ├── InvalidSession              invalid_session
@@ -68,6 +69,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UserShredded",
     "VaultError",
 ]
 
@@ -142,6 +144,13 @@ class StoredSessionExpired(SessionGone):
 
     code = "session_expired"
     default_detail = "the session has expired"
+
+
+class UserShredded(SessionGone):
+    """The user was crypto-shredded: every data key and stored session of theirs is destroyed."""
+
+    code = "user_shredded"
+    default_detail = "the user's data was destroyed (crypto-shredded); the user must log in again"
 
 
 class LeaseHeld(VaultError):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vault.errors import ConfigError
@@ -21,6 +21,10 @@ __all__ = ["MAX_LEASE_TTL", "WEAK_DB_PASSWORDS", "Settings"]
 
 MAX_LEASE_TTL = 86_400  # the longest lease any configuration or request may name, in seconds
 _SCHEMES = ("postgresql+asyncpg://", "sqlite+aiosqlite:///")
+# Transit names: path segments of letters, digits, ``_ . -`` (never ``..``, never empty): they go into URLs.
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+_NAME = rf"^{_SEGMENT}$"
+_PATH = rf"^{_SEGMENT}(/{_SEGMENT}){{0,7}}$"
 
 # Passwords that appear in tutorials and default images; a production database URL must not use them.
 WEAK_DB_PASSWORDS = frozenset(
@@ -35,7 +39,18 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = None
     keyring_file: Path | None = None
-    kek_provider: Literal["local"] = "local"
+    kek_provider: Literal["local", "transit"] = "local"
+    # OpenBao / HashiCorp Vault Transit (kek_provider "transit"). The key must be created with
+    # derived=true: each wrap is bound to its user and DEK version through the derivation context.
+    transit_addr: str | None = None  # https://...; plain http:// only to a loopback address
+    transit_key: str | None = Field(None, pattern=_NAME)
+    transit_mount: str = Field("transit", pattern=_PATH)
+    transit_namespace: str | None = Field(None, pattern=_PATH)  # sent as X-Vault-Namespace
+    transit_token: SecretStr | None = None  # or transit_token_file: exactly one of them
+    transit_token_file: Path | None = None  # read once at startup; mode 0600
+    transit_ca_file: Path | None = None  # PEM CA bundle for https:// (default: httpx's, certifi)
+    transit_timeout_seconds: float = Field(5.0, gt=0, le=300)  # per attempt
+    transit_retries: int = Field(3, ge=0, le=10)  # after the first attempt, with jittered backoff
     public_host: str = Field("127.0.0.1", min_length=1)
     public_port: int = Field(8080, ge=1, le=65535)
     internal_host: str = Field("127.0.0.1", min_length=1)
@@ -93,6 +108,33 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("not a rate such as 30/minute") from None
         return value
+
+    @field_validator("transit_addr")
+    @classmethod
+    def _transit_addr(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = _addr_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _transit(self) -> Settings:
+        """The Transit settings that only make sense together (reported without a field name)."""
+        if self.kek_provider == "transit":
+            if self.transit_addr is None:
+                raise ValueError("VAULT_TRANSIT_ADDR is required when VAULT_KEK_PROVIDER is transit")
+            if self.transit_key is None:
+                raise ValueError("VAULT_TRANSIT_KEY is required when VAULT_KEK_PROVIDER is transit")
+            if (self.transit_token is None) == (self.transit_token_file is None):
+                raise ValueError(
+                    "exactly one of VAULT_TRANSIT_TOKEN and VAULT_TRANSIT_TOKEN_FILE must be set"
+                    " when VAULT_KEK_PROVIDER is transit"
+                )
+        if self.transit_ca_file is not None and not (self.transit_addr or "").startswith("https://"):
+            raise ValueError("VAULT_TRANSIT_CA_FILE is set but VAULT_TRANSIT_ADDR is not an https:// URL")
+        return self
 
     def trusted_proxy_list(self) -> list[str]:
         """The trusted proxies as a list of addresses and networks (empty: trust no forwarded header)."""
@@ -152,7 +194,8 @@ class Settings(BaseSettings):
         if password is not None and (password.lower() in WEAK_DB_PASSWORDS or len(password) < 12):
             raise ConfigError("the database password in VAULT_DATABASE_URL is weak (known or under 12 chars)")
         # The key files' existence, mode and contents are checked where they are loaded (vault.keys).
-        self.require_keyring_file()
+        if self.kek_provider == "local":
+            self.require_keyring_file()
         self.require_audit_keys_file()
         if self.audit_seal_interval_seconds <= 0:
             raise ConfigError("VAULT_AUDIT_SEAL_INTERVAL_SECONDS must be positive in production")
@@ -162,7 +205,40 @@ def _describe(exc: ValidationError) -> str:
     """``VAULT_NAME: what is wrong`` for each error; pydantic's messages name the rule, not the value."""
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
-        name = str(error["loc"][0]) if error["loc"] else "?"
         message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"VAULT_{name.upper()}: {message}")
+        if not error["loc"]:  # a rule across settings: its message names them
+            parts.append(message)
+            continue
+        parts.append(f"VAULT_{str(error['loc'][0]).upper()}: {message}")
     return "; ".join(parts)
+
+
+def _addr_problem(addr: str) -> str | None:
+    """What is wrong with a Transit address, without quoting it; ``None`` if nothing. Plain http is
+    allowed only to a loopback host: the token and every data key would otherwise cross the network
+    in the clear."""
+    try:
+        parts = urlsplit(addr)
+        _ = parts.port  # raises ValueError for a malformed port
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials (use VAULT_TRANSIT_TOKEN or VAULT_TRANSIT_TOKEN_FILE)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "must be the server's base URL (no path, query or fragment)"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return (
+            "plain http:// is allowed only to a loopback address (127.0.0.0/8, ::1, localhost): use https://"
+        )
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

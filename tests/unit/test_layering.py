@@ -22,7 +22,7 @@ FLOORS: dict[str, int] = {
     "service": 4,
     "api": 5,
     "_http": 6, "client": 6,  # uvicorn's protocol with limits; the Python client (errors only)
-    "_server": 7,
+    "_server": 7, "_cli_keys": 7,  # the ASGI server; the key commands of the CLI
     "cli": 8,
 }  # fmt: skip
 API_MAY_IMPORT = {"api", "service", "errors", "settings"}

@@ -16,6 +16,7 @@ from vault import errors as e
 from vault.api._audit import router as audit_router
 from vault.api._deps import AdminCtx, IngestCtx, PublicCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import document_common_errors, install_error_handlers, responses_for
+from vault.api._keys import router as keys_router
 from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
 from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
@@ -92,6 +93,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
 
     app.include_router(leases_router)
     app.include_router(audit_router)
+    app.include_router(keys_router)
     document_common_errors(app)
 
     @app.get("/healthz", tags=["health"])
@@ -99,9 +101,9 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses=responses_for(e.StoreUnavailable))
+    @app.get("/readyz", tags=["health"], responses=responses_for(e.StoreUnavailable, e.KeyUnavailable))
     async def readyz(vault: VaultDep) -> dict[str, str]:
-        """Readiness: the database answers."""
+        """Readiness: the database and the KEK provider (the KMS) answer; 503 says which does not."""
         await vault.ready()
         return {"status": "ready"}
 

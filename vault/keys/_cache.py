@@ -51,5 +51,12 @@ class DekCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    def drop(self, user_id: str, dek_version: int) -> None:
+        self._entries.pop((user_id, dek_version), None)
+
+    def drop_user(self, user_id: str) -> None:
+        for key in [k for k in self._entries if k[0] == user_id]:
+            del self._entries[key]
+
     def clear(self) -> None:
         self._entries.clear()

@@ -1,4 +1,4 @@
-"""Use cases and their transaction boundaries: ingest, credentials (and later lease, rotate, shred)."""
+"""Use cases and their transaction boundaries: ingest, credentials, leases, audit, key management."""
 
 from vault.audit import Checkpoint, Event, PublicKey
 from vault.service._audit import Auditor, Context, bounded_text
@@ -23,6 +23,7 @@ from vault.service._ids import (
     source_address,
 )
 from vault.service._ingest import IngestResult, SessionIntake, ingest, open_session
+from vault.service._key_admin import DekRotation, KeyAdmin, KeysStatus, RewrapProgress, Shredded
 from vault.service._keys import Keys, with_keys
 from vault.service._leases import DEFAULT_TTL, Grant, LeaseService, Renewal
 from vault.service._principal import Principal, Role
@@ -60,17 +61,22 @@ __all__ = [
     "Auditor",
     "Checkpoint",
     "Context",
+    "DekRotation",
     "Event",
     "Grant",
     "IngestResult",
+    "KeyAdmin",
     "Keys",
+    "KeysStatus",
     "LeaseService",
     "Principal",
     "PublicKey",
     "Renewal",
+    "RewrapProgress",
     "Role",
     "SealResult",
     "SessionIntake",
+    "Shredded",
     "TokenInfo",
     "TokenService",
     "Vault",

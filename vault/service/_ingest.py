@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from vault.crypto import seal, session_aad, unseal
-from vault.errors import DecryptionError, InvalidSession
+from vault.errors import DecryptionError, InvalidSession, KeyUnavailable
 from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context
 from vault.service._keys import Keys, active_dek, with_keys
@@ -60,7 +60,7 @@ async def ingest(
             cache,
             lambda keys: _store(store, keys, auditor, ctx, serialized, parsed, session_id, now),
         )
-    except DecryptionError as exc:  # the user's DEK does not unwrap: audited, in a transaction of its own
+    except (DecryptionError, KeyUnavailable) as exc:  # a DEK that does not unwrap, or the KMS away: audited
         async with store.transaction() as tx:
             await tx.insert_audit(
                 auditor.record(ctx, "session.ingest", "error", user_id=parsed.user_id, detail=exc.code)

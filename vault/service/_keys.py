@@ -24,7 +24,7 @@ from vault.errors import DecryptionError, KeyUnavailable
 from vault.keys import DekCache, KekProvider, WrappedKey
 from vault.store import Store, Tx, UserKeyRow
 
-__all__ = ["KeyNeeded", "Keys", "active_dek", "with_keys"]
+__all__ = ["KeyNeeded", "Keys", "NewKey", "active_dek", "insert_new_key", "new_key", "with_keys"]
 
 T = TypeVar("T")
 _ATTEMPTS = 3  # the first try, the one after resolving, and one more if the key moved meanwhile
@@ -32,12 +32,22 @@ _ATTEMPTS = 3  # the first try, the one after resolving, and one more if the key
 
 class KeyNeeded(Exception):
     """Control flow inside the service layer: this transaction needs a DEK nobody resolved yet.
-    ``version`` None: the user has no key yet, and a new one must be generated and wrapped."""
+    ``version`` None: the user needs a new key (none yet, or all destroyed by a shred, or a rotation),
+    which must be generated and wrapped for the version after the user's highest."""
 
     def __init__(self, user_id: str, version: int | None) -> None:
         super().__init__("a data key must be resolved before the transaction")
         self.user_id = user_id
         self.version = version
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A freshly generated DEK, wrapped for ``version``, not stored yet."""
+
+    version: int
+    dek: SecretBytes = field(repr=False)
+    wrapped: WrappedKey = field(repr=False)
 
 
 @dataclass(eq=False)
@@ -47,7 +57,7 @@ class Keys:
     cache: DekCache
     kek: KekProvider
     found: dict[tuple[str, int], SecretBytes] = field(default_factory=dict, repr=False)
-    new: dict[str, tuple[SecretBytes, WrappedKey]] = field(default_factory=dict, repr=False)
+    new: dict[str, NewKey] = field(default_factory=dict, repr=False)
 
     def get(self, user_id: str, version: int) -> SecretBytes:
         """The DEK, without any I/O; :class:`KeyNeeded` if it has not been resolved."""
@@ -58,41 +68,54 @@ class Keys:
 
 
 async def active_dek(tx: Tx, keys: Keys, user_id: str, *, now: datetime) -> tuple[int, SecretBytes]:
-    """The user's active DEK (version, key), inserting the one resolved for a new user. Call with the
-    user's row locked. No KEK call: :class:`KeyNeeded` when the key is not resolved yet."""
+    """The user's active DEK (version, key), inserting the one resolved for a user that has none (new,
+    or shredded). Call with the user's row locked. No KEK call: :class:`KeyNeeded` when the key is not
+    resolved yet."""
     row = await tx.active_user_key(user_id)
     if row is not None:
         return row.dek_version, keys.get(user_id, row.dek_version)
+    return await insert_new_key(tx, keys, user_id, now=now)
+
+
+async def insert_new_key(tx: Tx, keys: Keys, user_id: str, *, now: datetime) -> tuple[int, SecretBytes]:
+    """Store the user's next DEK version as its active key (the caller retires the previous one first).
+    Call with the user's row locked. Versions are never reused: the next is the highest ever + 1."""
+    version = await tx.max_dek_version(user_id) + 1
     prepared = keys.new.get(user_id)
-    if prepared is None and keys.kek.local:  # wrapping cannot stall: no second transaction for a new user
-        await _new_key(keys, user_id)
+    if (prepared is None or prepared.version != version) and keys.kek.local:
+        # Wrapping cannot stall: no second transaction for a new user.
+        await new_key(keys, user_id, version)
         prepared = keys.new[user_id]
-    if prepared is None:
+    if prepared is None or prepared.version != version:
         raise KeyNeeded(user_id, None)
-    dek, wrapped = prepared
+    wrapped = prepared.wrapped
     await tx.insert_user_key(
         UserKeyRow(
-            user_id=user_id, dek_version=1, wrapped_dek=wrapped.blob, kek_id=wrapped.kek_id,
+            user_id=user_id, dek_version=version, wrapped_dek=wrapped.blob, kek_id=wrapped.kek_id,
             kek_version=wrapped.kek_version, status="active", created_at=now,
         )
     )  # fmt: skip
-    return 1, dek  # not cached: the transaction may still roll back
+    return version, prepared.dek  # not cached: the transaction may still roll back
 
 
-async def _new_key(keys: Keys, user_id: str) -> None:
+async def new_key(keys: Keys, user_id: str, version: int) -> None:
+    """Generate a DEK for ``version`` and wrap it (a KEK call: never with a transaction open, unless
+    the provider is local)."""
     fresh = generate_key()
-    wrapped = await keys.kek.wrap(fresh, aad=dek_aad(user_id, 1))
-    keys.new[user_id] = (SecretBytes(fresh), wrapped)
+    wrapped = await keys.kek.wrap(fresh, aad=dek_aad(user_id, version))
+    keys.new[user_id] = NewKey(version, SecretBytes(fresh), wrapped)
 
 
 async def _resolve(store: Store, kek: KekProvider, keys: Keys, need: KeyNeeded) -> None:
-    """With no transaction open: unwrap the needed DEK (or make a new user's first one)."""
+    """With no transaction open: unwrap the needed DEK (or make the user's next one)."""
     if need.version is None:
-        await _new_key(keys, need.user_id)
+        async with store.transaction() as tx:
+            highest = await tx.max_dek_version(need.user_id)
+        await new_key(keys, need.user_id, highest + 1)
         return
     async with store.transaction() as tx:
         row = await tx.user_key(need.user_id, need.version)
-    if row is None:
+    if row is None or row.status == "destroyed":
         raise DecryptionError()
     wrapped = WrappedKey(kek_id=row.kek_id, kek_version=row.kek_version, blob=row.wrapped_dek)
     dek = SecretBytes(await kek.unwrap(wrapped, aad=dek_aad(row.user_id, row.dek_version)))

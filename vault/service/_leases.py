@@ -20,6 +20,7 @@ from vault.errors import (
     DecryptionError,
     InvalidRequest,
     InvalidSession,
+    KeyUnavailable,
     LeaseHeld,
     LeaseLost,
     NoLease,
@@ -28,6 +29,7 @@ from vault.errors import (
     SessionRevoked,
     SessionSuperseded,
     StoredSessionExpired,
+    UserShredded,
     VaultError,
 )
 from vault.errors import Forbidden as NotHolder
@@ -70,6 +72,8 @@ def _refusal(status: str, expires_at: datetime | None, now_us: int) -> VaultErro
         return SessionRevoked()
     if status == "superseded":
         return SessionSuperseded()
+    if status == "shredded":
+        return UserShredded()
     if expires_at is not None and expires_at.timestamp() * 1_000_000 <= now_us:
         return StoredSessionExpired()
     return None
@@ -163,7 +167,7 @@ class LeaseService:
 
         try:
             error, grant = await with_keys(self.store, self.kek, self.cache, attempt)
-        except DecryptionError as exc:
+        except (DecryptionError, KeyUnavailable) as exc:  # a key that does not open, or a KMS away: audited
             async with self.store.transaction() as tx:
                 await tx.insert_audit(
                     self.auditor.record(ctx, "lease.grant", "error", detail=exc.code, purpose=purpose,
@@ -268,6 +272,8 @@ class LeaseService:
         assert ctx.principal is not None
         if state.lease.holder_token_id != ctx.principal.token_id:
             return NotHolder("only the credential that took this lease may renew or release it")
+        if state.lease.end_reason == "shredded":
+            return UserShredded()
         if _lost(state, fencing_token):
             return LeaseLost()
         return None
@@ -336,7 +342,7 @@ class LeaseService:
                 self.store, self.kek, self.cache,
                 lambda keys: self._release_in(keys, ctx, lease_id, fencing_token, session, parsed, invalid),
             )  # fmt: skip
-        except DecryptionError as exc:  # the stored session or its DEK does not open: audited on its own
+        except (DecryptionError, KeyUnavailable) as exc:  # a key that does not open, or the KMS away: audited
             async with self.store.transaction() as tx:
                 await tx.insert_audit(
                     self.auditor.record(ctx, "lease.release", "error", lease_id=lease_id,

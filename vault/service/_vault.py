@@ -18,10 +18,11 @@ from vault.errors import (
     AuditChainBroken,
     VaultError,
 )
-from vault.keys import DekCache, KekProvider, LocalKeyringProvider, load_audit_keys_file
+from vault.keys import DekCache, KekProvider, LocalKeyringProvider, TransitProvider, load_audit_keys_file
 from vault.service._audit import Auditor, utcnow
 from vault.service._audit_log import AuditLog
 from vault.service._ingest import SessionIntake
+from vault.service._key_admin import KeyAdmin
 from vault.service._leases import LeaseService
 from vault.service._sealer import SealResult, seal
 from vault.service._tokens import TokenService
@@ -47,13 +48,18 @@ class Vault:
         dek_cache: DekCache,
         audit_keys: AuditKeys,
         clock: Callable[[], datetime] = utcnow,
+        actor_name: str | None = None,
     ) -> None:
+        """``actor_name`` names the actor of events with no principal (the CLI's operator)."""
         self.settings = settings
         self.store = store
         self.kek = kek
         self.dek_cache = dek_cache
         self.audit_keys = audit_keys
-        self.auditor = Auditor(audit_keys, clock_us=lambda: (clock() - _EPOCH) // timedelta(microseconds=1))
+        self.auditor = Auditor(
+            audit_keys, actor_name=actor_name,
+            clock_us=lambda: (clock() - _EPOCH) // timedelta(microseconds=1),
+        )  # fmt: skip
         self.clock = clock
         self.max_lifetime = timedelta(seconds=settings.session_max_lifetime_seconds)
         # The services the API calls (it reaches nothing else of the vault).
@@ -74,15 +80,22 @@ class Vault:
             max_lifetime=self.max_lifetime,
             clock=clock,
         )
+        self.key_admin = KeyAdmin(store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock)
         self._sealer: asyncio.Task[None] | None = None
         self._refused_rows: set[int] = set()  # forged audit rows already logged by this process
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Vault:
+    def from_settings(
+        cls, settings: Settings, *, actor_name: str | None = None, clock: Callable[[], datetime] = utcnow
+    ) -> Vault:
         """Build the runtime. Raises :class:`~vault.errors.ConfigError` on missing or bad configuration."""
         url = settings.require_database_url()
-        kek = LocalKeyringProvider.from_file(settings.require_keyring_file())
-        audit_keys = load_audit_keys_file(settings.require_audit_keys_file())
+        audit_keys = load_audit_keys_file(settings.require_audit_keys_file())  # before the KMS client exists
+        kek: KekProvider
+        if settings.kek_provider == "transit":
+            kek = TransitProvider.from_settings(settings)  # reads VAULT_TRANSIT_TOKEN_FILE once, here
+        else:
+            kek = LocalKeyringProvider.from_file(settings.require_keyring_file())
         return cls(
             settings=settings,
             store=Store.connect(url, pool_size=settings.db_pool_size),
@@ -91,6 +104,8 @@ class Vault:
                 ttl=settings.dek_cache_ttl_seconds, max_entries=settings.dek_cache_max_entries
             ),
             audit_keys=audit_keys,
+            actor_name=actor_name,
+            clock=clock,
         )
 
     def __repr__(self) -> str:
@@ -107,6 +122,7 @@ class Vault:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sealer
             self._sealer = None
+        await self.key_admin.close()
         self.dek_cache.clear()
         await self.kek.close()
         await self.store.close()
@@ -144,4 +160,6 @@ class Vault:
             await asyncio.sleep(self.settings.audit_seal_interval_seconds)
 
     async def ready(self) -> None:
+        """Raises StoreUnavailable or KeyUnavailable (the KMS is unreachable, sealed or refuses)."""
         await self.store.ping()
+        await self.kek.check()

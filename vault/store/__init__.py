@@ -2,6 +2,7 @@
 
 from vault.store._audit import FIRST_ID, AuditFilter
 from vault.store._engine import make_engine
+from vault.store._keys import KekCount, RekeySession
 from vault.store._migrate import alembic_config, migrations_dir, upgrade
 from vault.store._models import (
     AUDIT_TEXT_LIMITS,
@@ -37,10 +38,12 @@ __all__ = [
     "AuditRecord",
     "Base",
     "ChainState",
+    "KekCount",
     "Lease",
     "LeaseRow",
     "LockedLease",
     "LockedSession",
+    "RekeySession",
     "ServiceToken",
     "SessionPeek",
     "SessionRecord",

@@ -31,6 +31,7 @@ from sqlalchemy.sql import Executable
 from vault.store._audit import AuditQueries
 from vault.store._engine import make_engine
 from vault.store._exec import Builder, translated
+from vault.store._keys import KeyQueries
 from vault.store._leases import LeaseQueries
 from vault.store._models import ServiceToken, SessionRecord, User, UserKey
 from vault.store._rows import SessionRow, TokenRow, UserKeyRow
@@ -125,6 +126,24 @@ class Store:
                 await outer.commit()
         finally:
             await _quietly(pool.release(conn))
+
+    async def forget_old_pages(self) -> bool:
+        """After destroying data (a shred, a DEK rotation): on SQLite, checkpoint the WAL and truncate it,
+        so the old page images that still held the data leave the ``-wal`` file (``secure_delete`` zeroes
+        what the database file frees). False if another process's reader kept the checkpoint from
+        finishing (the frames go at a later checkpoint). On PostgreSQL there is nothing the vault's role
+        can force: old row versions stay until VACUUM reuses their space (SECURITY.md says so)."""
+        if self.dialect != "sqlite":
+            return True
+        async with self.engine.connect() as conn:
+            with translated():
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                row = await cursor.fetchone()
+                await cursor.close()
+        return row is not None and row[0] == 0
 
     async def ping(self) -> None:
         async with self.transaction() as tx:
@@ -226,7 +245,7 @@ def _revoke(_now: ColumnElement[Any]) -> Executable:
     )
 
 
-class Tx(LeaseQueries, AuditQueries):
+class Tx(LeaseQueries, AuditQueries, KeyQueries):
     """The queries available inside one transaction."""
 
     def __init__(
