@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -15,7 +16,9 @@ from pathlib import Path
 import httpx
 
 from tests._live import make_admin_token, make_token
-from vault.service import Role
+from tests._openbao import BaoServer
+from tests.sessiongen import make_session
+from vault.service import Context, Role, Vault
 from vault.settings import Settings
 
 
@@ -84,3 +87,66 @@ def new_token(settings: Settings, server: Served, role: str, **extra: object) ->
     assert response.status_code == 201, response.text
     token: str = response.json()["token"]
     return token
+
+
+# --- `session-vault` commands with a KEK provider of either kind (key-management system tests) ---
+
+
+def kek_settings(base: Settings, provider: str, bao: BaoServer | None, tmp_path: Path) -> Settings:
+    """``base`` with the KEK ``provider``: ``local`` (its keyring file), or ``transit`` with a fresh derived
+    key on ``bao`` and the root token in a mode-0600 token file (never in the environment)."""
+    if provider == "local":
+        return base
+    assert bao is not None
+    token_file = tmp_path / "transit.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(bao.root_token + "\n")
+    values = {"kek_provider": "transit", "transit_addr": bao.addr, "transit_key": bao.create_key(),
+              "transit_token_file": token_file}  # fmt: skip
+    return Settings.model_validate(base.model_dump() | values)
+
+
+def vault_env(settings: Settings) -> dict[str, str]:
+    """The environment a `session-vault` command (CLI or serve) reads ``settings`` from: this process's
+    without any ``VAULT_*``, plus the database, the key files and the KEK provider's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env["VAULT_DATABASE_URL"] = settings.require_database_url()
+    env["VAULT_AUDIT_KEYS_FILE"] = str(settings.require_audit_keys_file())
+    if settings.keyring_file is not None:
+        env["VAULT_KEYRING_FILE"] = str(settings.keyring_file)
+    if settings.kek_provider == "transit":
+        env["VAULT_KEK_PROVIDER"] = "transit"
+        env["VAULT_TRANSIT_ADDR"] = str(settings.transit_addr)
+        env["VAULT_TRANSIT_KEY"] = str(settings.transit_key)
+        env["VAULT_TRANSIT_TOKEN_FILE"] = str(settings.transit_token_file)
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``session-vault ARGS`` to completion, stdin not a terminal (/dev/null), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "vault.cli", *args], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def ingest_users(settings: Settings, n: int, seed: int) -> list[tuple[str, str]]:
+    """Ingest ``n`` users' sessions in-process through the service (fast); return (user_id, session)."""
+    made = [make_session(seed + i) for i in range(n)]
+
+    async def run() -> None:
+        vault = Vault.from_settings(settings)
+        gate = asyncio.Semaphore(8)
+
+        async def one(session: str) -> None:
+            async with gate:
+                await vault.sessions.ingest(Context(source="test"), session)
+
+        try:
+            await asyncio.gather(*(one(session) for session, _ in made))
+        finally:
+            await vault.close()
+
+    asyncio.run(run())
+    return [(body["userId"], session) for session, body in made]
