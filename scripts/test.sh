@@ -66,6 +66,6 @@ if [ "$#" -gt 0 ]; then
   exit
 fi
 COVERAGE_FLOOR=${COVERAGE_FLOOR:-86}  # measured 86.29% on 2026-12-02 (subprocess code, the CLI, is not traced)
-.venv/bin/python -m pytest -q -m "not slow" --cov=vault --cov-branch --cov-report=term:skip-covered \
+.venv/bin/python -m pytest -q --durations=10 -m "not slow" --cov=vault --cov-branch --cov-report=term:skip-covered \
   --cov-fail-under="$COVERAGE_FLOOR"
-.venv/bin/python -m pytest -q -m slow
+.venv/bin/python -m pytest -q --durations=10 -m slow

@@ -149,3 +149,29 @@ def test_the_engine_hides_parameters_in_its_errors(db_url: str) -> None:
         asyncio.run(run())
     assert "no_such_table" in str(caught.value)  # the message is there; the value is not
     _clean(str(caught.value), sql_allowed=True)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_driver_error_that_quotes_a_value_is_logged_by_type_only(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg's own messages can quote a value (``invalid input for query argument $1: '...'``): the
+    store logs the error's type and SQLSTATE, never its text (``%r`` or ``%s`` of it would leak)."""
+    from sqlalchemy import Integer, bindparam, select
+
+    caplog.set_level(logging.DEBUG)
+
+    async def run() -> None:
+        store = Store.connect(db_url, pool_size=1)
+        try:
+            async with store.transaction() as tx:
+                # A value of the wrong type reaching the driver (a bug): asyncpg refuses it, quoting it.
+                await tx.fetch_query(select(bindparam("v", value=CANARY, type_=Integer).label("v")))
+        finally:
+            await store.close()
+
+    with pytest.raises(StoreUnavailable) as caught:
+        asyncio.run(run())
+    assert "database error: DataError" in caplog.text
+    _clean(_records_text(caplog), sql_allowed=True)
+    _clean(_chain_text(caught.value), sql_allowed=True)

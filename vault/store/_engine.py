@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["make_engine"]
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "make_engine"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a SQLite statement waits for another process's lock
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -50,7 +52,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 

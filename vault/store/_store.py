@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from vault.store._audit import AuditQueries
-from vault.store._engine import make_engine
+from vault.store._engine import SQLITE_BUSY_TIMEOUT_MS, make_engine
 from vault.store._exec import Builder, translated
 from vault.store._keys import KeyQueries
 from vault.store._leases import LeaseQueries
@@ -140,9 +140,15 @@ class Store:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
                 assert driver is not None
-                cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                row = await cursor.fetchone()
-                await cursor.close()
+                # A TRUNCATE checkpoint waits for other processes' readers in the busy handler, holding this
+                # process's one connection: wait one second at most, then leave it to a later checkpoint.
+                await driver.execute("PRAGMA busy_timeout=1000")
+                try:
+                    cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    row = await cursor.fetchone()
+                    await cursor.close()
+                finally:
+                    await driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         return row is not None and row[0] == 0
 
     async def ping(self) -> None:
