@@ -8,6 +8,9 @@ For benchmarks only: vault/ is not changed; this module patches the imported cod
 - ``token-cache``: token authentication (``vault.service.authenticate``, which ``TokenService`` calls)
   answers a token it resolved less than 5 s ago from a per-process cache instead of a database
   transaction (a revoked token would keep working up to 5 s).
+- ``pool-reset``: the PostgreSQL pool runs asyncpg's default reset query on every release (``RESET ALL;
+  UNLISTEN *; ...``), as the vault did before it skipped it (it keeps no session state): the baseline for
+  that change.
 
 The other changes measured this way in bench/results/whatif.md (uvloop, async dependencies, no access
 log, SQL sent straight to asyncpg) have since landed in the vault itself, so their patches are gone.
@@ -21,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-CHANGES = ("token-cache",)
+CHANGES = ("token-cache", "pool-reset")
 TOKEN_CACHE_SECONDS = 5.0
 
 
@@ -51,7 +54,16 @@ def _token_cache() -> None:
     vars(tokens)["authenticate"] = authenticate
 
 
-PATCHES: dict[str, Callable[[], None]] = {"token-cache": _token_cache}
+def _pool_reset() -> None:
+    import vault.store._store as store
+
+    async def default_reset(conn: Any) -> None:
+        await conn.reset()
+
+    vars(store)["_no_session_state"] = default_reset
+
+
+PATCHES: dict[str, Callable[[], None]] = {"token-cache": _token_cache, "pool-reset": _pool_reset}
 
 
 def main() -> None:

@@ -77,3 +77,35 @@ def test_a_failed_savepoint_undoes_only_its_own_work(db_url: str, raw: RawDb) ->
 
     _run(db_url, block)
     assert sorted(r[0] for r in raw.query("SELECT id FROM users")) == ["also kept", "kept"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_connection_released_inside_a_transaction_is_rolled_back_before_reuse(
+    db_url: str, raw: RawDb
+) -> None:
+    """The pool skips asyncpg's reset query (the vault keeps no session state), yet a connection that comes
+    back inside a transaction (a rollback that failed) has it rolled back before reuse: its work is undone
+    and the next transaction starts clean on it (asyncpg does this on every release; pinned below 0.40)."""
+
+    async def run() -> list[str]:
+        store = Store.connect(db_url, pool_size=1)
+        try:
+            pool = await store._pg_pool()
+            conn = await pool.acquire()
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO users (id, created_at) VALUES ('left-open', now())")
+            await pool.release(conn)  # still inside that transaction
+            async with store.transaction() as tx:  # the pool's only connection: the one released above
+                counts = await tx.kek_counts()
+            assert counts == []
+            return [r["id"] for r in await conn_rows(store)]
+        finally:
+            await store.close()
+
+    async def conn_rows(store: Store) -> list[dict[str, str]]:
+        pool = await store._pg_pool()
+        async with pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch("SELECT id FROM users")]
+
+    assert asyncio.run(run()) == []
+    assert raw.query("SELECT count(*) FROM users") == [(0,)]

@@ -80,8 +80,9 @@ class Store:
                 dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 with translated():
                     self._pool = await asyncpg.create_pool(
-                        dsn, min_size=0, max_size=self._pool_size, max_inactive_connection_lifetime=300
-                    )
+                        dsn, min_size=0, max_size=self._pool_size, max_inactive_connection_lifetime=300,
+                        reset=_no_session_state,
+                    )  # fmt: skip
             return self._pool
 
     @asynccontextmanager
@@ -154,6 +155,14 @@ class Store:
     async def ping(self) -> None:
         async with self.transaction() as tx:
             await tx.fetch(_ping)
+
+
+async def _no_session_state(_conn: asyncpg.Connection) -> None:
+    """The pool's reset before a connection is reused. asyncpg always rolls back a transaction left open
+    (``Connection._reset`` runs on every release, whatever this does); its default reset query (``RESET ALL;
+    UNLISTEN *; CLOSE ALL; SELECT pg_advisory_unlock_all()``, a round trip and a transaction of its own on
+    every release) is not needed: the vault keeps no session state (no ``SET``, ``LISTEN``, cursors or
+    advisory locks outside the transaction that ended)."""
 
 
 async def _quietly(step: Any) -> None:
