@@ -65,7 +65,7 @@ if [ "$#" -gt 0 ]; then
   .venv/bin/python -m pytest "$@"  # not exec: the EXIT trap stops a throwaway cluster
   exit
 fi
-COVERAGE_FLOOR=${COVERAGE_FLOOR:-86}  # measured 86.29% on 2026-12-02 (subprocess code, the CLI, is not traced)
+COVERAGE_FLOOR=${COVERAGE_FLOOR:-85.5}  # measured 86.26-86.29% on 2026-12-02; half a point below for timing-dependent branches (subprocess code, the CLI, is not traced)
 .venv/bin/python -m pytest -q --durations=10 -m "not slow" --cov=vault --cov-branch --cov-report=term:skip-covered \
   --cov-fail-under="$COVERAGE_FLOOR"
 .venv/bin/python -m pytest -q --durations=10 -m slow

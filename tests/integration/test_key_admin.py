@@ -250,6 +250,7 @@ def test_shred_destroys_keys_and_ciphertext_and_ends_leases(vault: LiveVault, ra
     assert len(events) == 1 and events[0][1] == "ok" and "1 leases ended" in (events[0][2] or "")
 
 
+@pytest.mark.slow  # a load of leases through two rotations and rewraps: tens of seconds on SQLite
 def test_rotation_and_rewrap_under_a_lease_load(vault: LiveVault) -> None:
     users = _users(vault, 4, 650)
     token = vault.token("signer")
@@ -264,7 +265,7 @@ def test_rotation_and_rewrap_under_a_lease_load(vault: LiveVault) -> None:
             while not stop.is_set():
                 user_id, session = users[i % len(users)]
                 i += 1
-                got = http.post(f"/v1/users/{user_id}/lease", json={"purpose": "sign", "ttl_seconds": 5})
+                got = http.post(f"/v1/users/{user_id}/lease", json={"purpose": "sign", "ttl_seconds": 30})
                 if got.status_code == 409 and got.json()["error"] == "lease_held":
                     continue
                 if got.status_code != 201 or got.json()["session"] != session:
