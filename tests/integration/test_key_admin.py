@@ -359,3 +359,50 @@ def test_a_reader_in_another_process_does_not_stall_a_shred(
     assert any("SQLite WAL" in r.getMessage() for r in caplog.records if r.name == "vault.keys")
     signer = Signer(vault)
     _error(signer.lease_user(user_id), 410, "user_shredded")
+
+
+@pytest.mark.parametrize(("backend", "provider"), [("postgresql", "local")], indirect=True)
+def test_racing_dek_rotations_and_a_shred_of_one_user_serialise(vault: LiveVault, raw: RawDb) -> None:
+    """Two DEK rotations and then a shred of one user, sent at once: the user's row lock orders them; the
+    rotations get distinct versions, at most one key stays active, nothing is left half-rotated, and the
+    shred, whenever it lands, destroys every version."""
+    ((user_id, session),) = _users(vault, 1, 690)
+    barrier = threading.Barrier(2)
+    answers: list[httpx.Response] = []
+
+    def rotate() -> None:
+        barrier.wait()
+        answers.append(_admin(vault, "POST", f"/v1/users/{user_id}/rotate-dek"))
+
+    threads = [threading.Thread(target=rotate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(r.status_code for r in answers) == [200, 200], [r.text for r in answers]
+    assert sorted(r.json()["dek_version"] for r in answers) == [2, 3]
+    keys = raw.query("SELECT dek_version, status FROM user_keys WHERE user_id = %s ORDER BY 1", [user_id])
+    assert keys == [(1, "destroyed"), (2, "destroyed"), (3, "active")]
+    assert raw.query("SELECT dek_version FROM sessions WHERE user_id = %s", [user_id]) == [(3,)]
+    signer = Signer(vault)
+    lease = signer.lease_user(user_id).json()
+    assert lease["session"] == session
+
+    def call(op: str) -> None:
+        answers.append(_admin(vault, "POST", f"/v1/users/{user_id}/{op}"))
+
+    racing = [threading.Thread(target=call, args=(op,)) for op in ("shred", "rotate-dek")]
+    for thread in racing:
+        thread.start()
+    for thread in racing:
+        thread.join(60)
+    last = {r.request.url.path.rsplit("/", 1)[1]: r for r in answers[2:]}
+    assert last["shred"].status_code == 200
+    assert last["rotate-dek"].status_code in (200, 410), last["rotate-dek"].text  # before or after the shred
+    assert raw.query(
+        "SELECT count(*) FROM user_keys WHERE user_id = %s AND status <> 'destroyed'", [user_id]
+    ) == [(0,)]
+    assert raw.query("SELECT status, length(ciphertext) FROM sessions WHERE user_id = %s", [user_id]) == [
+        ("shredded", 0)
+    ]
+    _error(signer.release(lease["lease_id"], lease["fencing_token"]), 410, "user_shredded")

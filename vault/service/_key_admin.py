@@ -191,8 +191,8 @@ class KeyAdmin:
         """
         if not 1 <= batch <= 10_000:
             raise InvalidRequest("batch must be between 1 and 10000")
-        kek = await self.kek.status()
-        state = await self.status()
+        state = await self.status()  # one KMS read: the active version this run rewraps to
+        kek = state.kek
         run = RewrapProgress(remaining=state.stale, dry_run=dry_run)
         if progress is not None:
             progress(run)
