@@ -1,11 +1,14 @@
-"""Run the public and internal apps on their own ports in one process, with one shared runtime."""
+"""Run the public and internal apps on their own ports, with one shared runtime per process (several
+processes with ``VAULT_WORKERS``: :mod:`vault._workers`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Generator
+import socket
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,7 +18,7 @@ from vault.api import create_internal_app, create_public_app
 from vault.service import Vault
 from vault.settings import Settings
 
-__all__ = ["run", "serve_both", "server_config"]
+__all__ = ["check_kek", "run", "run_on", "serve_both", "server_config"]
 
 
 class _Server(uvicorn.Server):
@@ -52,22 +55,48 @@ def server_config(
     )
 
 
-def run(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, on uvloop where it is installed (it is, with uvicorn[standard])."""
+def _loop_run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (it is, with uvicorn[standard])."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        asyncio.run(serve_both(settings, on_started=on_started))
+        asyncio.run(main)
         return
-    uvloop.run(serve_both(settings, on_started=on_started))
+    uvloop.run(main)
 
 
-async def serve_both(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
+def run(settings: Settings, *, on_started: Callable[[], None] | None = None) -> None:
+    """Serve in this process until SIGINT or SIGTERM (``vault._workers.serve`` runs several)."""
+    _loop_run(serve_both(settings, on_started=on_started))
+
+
+def run_on(
+    settings: Settings, sockets: tuple[socket.socket, socket.socket], *, on_started: Callable[[], None] | None
+) -> None:
+    """One worker of several: serve on listening sockets the parent bound (public, internal)."""
+    _loop_run(serve_both(settings, sockets=sockets, on_started=on_started))
+
+
+async def check_kek(settings: Settings) -> None:
+    """The KEK must be usable before anything listens: a Transit key that is missing, not derived or of
+    another type is a ConfigError, an unreachable or sealed KMS a KeyUnavailable (exit 1 either way)."""
+    vault = Vault.from_settings(settings)
+    try:
+        await vault.kek.check()
+    finally:
+        await vault.close()
+
+
+async def serve_both(
+    settings: Settings,
+    *,
+    sockets: tuple[socket.socket, socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
     """Serve both listeners until SIGINT or SIGTERM. The runtime is opened before either listens."""
     vault = Vault.from_settings(settings)
     try:
-        # The KEK must be usable before anything listens: a Transit key that is missing, not derived or
-        # of another type is a ConfigError, an unreachable or sealed KMS a KeyUnavailable (exit 1 either way).
+        # The KEK must be usable before anything listens (see check_kek).
         await vault.kek.check()
     except BaseException:
         await vault.close()
@@ -99,6 +128,10 @@ async def serve_both(settings: Settings, *, on_started: Callable[[], None] | Non
             if on_started is not None:
                 on_started()
 
-        await asyncio.gather(*(s.serve() for s in servers), announce())
+        if sockets is None:
+            await asyncio.gather(*(s.serve() for s in servers), announce())
+        else:
+            await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in zip(servers, sockets, strict=True)),
+                                 announce())  # fmt: skip
     finally:
         await vault.close()

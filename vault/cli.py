@@ -122,7 +122,7 @@ async def _ensure_admin_token(settings: Settings, path: Path) -> bool:
 
 
 def _cmd_dev(args: argparse.Namespace) -> None:
-    from vault._server import run
+    from vault._workers import serve as run
 
     os.umask(0o077)  # the database, keyring and token files are for this user only
     data_dir = Path(args.data_dir).resolve()
@@ -149,9 +149,9 @@ def _cmd_dev(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from vault._server import run
+    from vault._workers import serve as run
 
-    settings = _settings(args)
+    settings = _settings(args) if args.workers is None else _settings(args, workers=args.workers)
     settings.check_production()
     run(settings)
 
@@ -314,6 +314,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=_cmd_dev)
 
     serve = sub.add_parser("serve", help="run the vault from VAULT_* environment settings")
+    serve.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="processes serving both listeners (default: VAULT_WORKERS, else one per core; 1 on SQLite)",
+    )  # fmt: skip
     serve.set_defaults(func=_cmd_serve)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     dek_cache_ttl_seconds: float = Field(60.0, ge=0, le=86400)  # 0: no cache
     dek_cache_max_entries: int = Field(10_000, ge=0, le=10_000_000)  # 0: no cache
     db_pool_size: int = Field(10, ge=1, le=1000)
+    # Group commit: grants (and releases) that arrive together share one transaction and one commit. A
+    # batch holds at most batch_max_size requests; at most batch_max_inflight batches of each kind run at
+    # once per process; a batch waits batch_max_wait_ms for company before it starts (0: never waits).
+    batch_max_size: int = Field(64, ge=1, le=1000)
+    batch_max_wait_ms: float = Field(0.0, ge=0, le=100)
+    batch_max_inflight: int = Field(4, ge=1, le=64)
+    # Processes of `serve`, sharing both listeners, each with its own database pool (0: one per core).
+    workers: int = Field(0, ge=0, le=64)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     lease_max_ttl_seconds: int = Field(300, ge=1, le=MAX_LEASE_TTL)
     audit_keys_file: Path | None = None

@@ -1,7 +1,7 @@
 """Layers import downward only, read from the source's import graph (every ``import`` and ``from``).
 
-Floors, top first: cli -> the server (_server, then _http), and the client -> api -> service -> {keys, store} ->
-{crypto, sessions, audit} -> settings -> errors. A module may import its own package, and any floor
+Floors, top first: cli -> the worker processes (_workers) -> the server (_server, then _http), and the
+client -> api -> service -> {keys, store} -> {crypto, sessions, audit} -> settings -> errors. A module may import its own package, and any floor
 below its own, never one above or beside it. ``api`` may import only ``service``, ``errors`` and
 ``settings`` of the vault (it reaches everything else through the services on ``Vault``).
 """
@@ -23,7 +23,8 @@ FLOORS: dict[str, int] = {
     "api": 5,
     "_http": 6, "client": 6,  # uvicorn's protocol with limits; the Python client (errors only)
     "_server": 7, "_cli_keys": 7,  # the ASGI server; the key commands of the CLI
-    "cli": 8,
+    "_workers": 8,  # several server processes
+    "cli": 9,
 }  # fmt: skip
 API_MAY_IMPORT = {"api", "service", "errors", "settings"}
 

@@ -24,7 +24,9 @@ from vault.errors import DecryptionError, KeyUnavailable
 from vault.keys import DekCache, KekProvider, WrappedKey
 from vault.store import Store, Tx, UserKeyRow
 
-__all__ = ["KeyNeeded", "Keys", "NewKey", "active_dek", "insert_new_key", "new_key", "with_keys"]
+__all__ = [
+    "KeyNeeded", "Keys", "NewKey", "active_dek", "insert_new_key", "new_key", "resolve_key", "with_keys",
+]  # fmt: skip
 
 T = TypeVar("T")
 _ATTEMPTS = 3  # the first try, the one after resolving, and one more if the key moved meanwhile
@@ -106,7 +108,7 @@ async def new_key(keys: Keys, user_id: str, version: int) -> None:
     keys.new[user_id] = NewKey(version, SecretBytes(fresh), wrapped)
 
 
-async def _resolve(store: Store, kek: KekProvider, keys: Keys, need: KeyNeeded) -> None:
+async def resolve_key(store: Store, keys: Keys, need: KeyNeeded) -> None:
     """With no transaction open: unwrap the needed DEK (or make the user's next one)."""
     if need.version is None:
         async with store.transaction() as tx:
@@ -118,7 +120,7 @@ async def _resolve(store: Store, kek: KekProvider, keys: Keys, need: KeyNeeded) 
     if row is None or row.status == "destroyed":
         raise DecryptionError()
     wrapped = WrappedKey(kek_id=row.kek_id, kek_version=row.kek_version, blob=row.wrapped_dek)
-    dek = SecretBytes(await kek.unwrap(wrapped, aad=dek_aad(row.user_id, row.dek_version)))
+    dek = SecretBytes(await keys.kek.unwrap(wrapped, aad=dek_aad(row.user_id, row.dek_version)))
     keys.found[(row.user_id, row.dek_version)] = dek
     keys.cache.put(row.user_id, row.dek_version, dek)
 
@@ -136,5 +138,5 @@ async def with_keys(
         try:
             return await attempt(keys)
         except KeyNeeded as need:
-            await _resolve(store, kek, keys, need)
+            await resolve_key(store, keys, need)
     raise KeyUnavailable("the user's data key changed during the request; retry")

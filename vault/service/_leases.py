@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from vault.crypto import seal, session_aad
 from vault.errors import (
@@ -21,68 +21,34 @@ from vault.errors import (
     InvalidRequest,
     InvalidSession,
     KeyUnavailable,
-    LeaseHeld,
     LeaseLost,
     NoLease,
-    NoSession,
     PurposeNotAllowed,
-    SessionRevoked,
-    SessionSuperseded,
-    StoredSessionExpired,
     UserShredded,
     VaultError,
 )
 from vault.errors import Forbidden as NotHolder
 from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context, utcnow
+from vault.service._batch import Batcher
 from vault.service._ids import PURPOSE_PATTERN
 from vault.service._ingest import open_session
-from vault.service._keys import Keys, active_dek, with_keys
+from vault.service._keys import KeyNeeded, Keys, active_dek, resolve_key, with_keys
+from vault.service._lease_batch import Grant, GrantJob, audit_grant_error, from_us, grant_batch, release_batch
 from vault.sessions import ParsedSession, parse_session, wallet_change
-from vault.store import AuditRecord, LockedLease, Store, Tx
+from vault.store import AuditRecord, GrantRequest, LockedLease, ReleaseRequest, Store, Tx
 
 __all__ = ["DEFAULT_TTL", "Grant", "LeaseService", "Renewal", "from_us"]
 
 DEFAULT_TTL = 30
+_KEY_ATTEMPTS = 3  # as with_keys: the first try, the one after resolving, one more if the key moved
 _PURPOSE_RE = re.compile(PURPOSE_PATTERN)
-
-
-def from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    lease_id: str
-    session_id: str
-    user_id: str
-    fencing_token: int
-    expires_at: datetime
-    session: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Renewal:
     lease_id: str
     expires_at: datetime
-
-
-def _refusal(status: str, expires_at: datetime | None, now_us: int) -> VaultError | None:
-    if status == "revoked":
-        return SessionRevoked()
-    if status == "superseded":
-        return SessionSuperseded()
-    if status == "shredded":
-        return UserShredded()
-    if expires_at is not None and expires_at.timestamp() * 1_000_000 <= now_us:
-        return StoredSessionExpired()
-    return None
-
-
-def _held(lease_expires_us: int | None, now_us: int) -> LeaseHeld | None:
-    if lease_expires_us is None or lease_expires_us <= now_us:
-        return None
-    return LeaseHeld(retry_after=-(-(lease_expires_us - now_us) // 1_000_000))
 
 
 def _lost(state: LockedLease, fencing_token: int) -> bool:
@@ -103,10 +69,14 @@ class LeaseService:
         max_ttl: int,
         max_lifetime: timedelta | None = None,
         clock: Callable[[], datetime] = utcnow,
+        batch_max_size: int = 64,
+        batch_max_wait: float = 0.0,
+        batch_max_inflight: int = 4,
     ) -> None:
         """``clock`` dates write-backs and checks a refreshed session's expiry. Lease decisions (granted,
         expired, held, renewed) use the database's clock instead, on purpose: every replica must agree on
-        them, whatever its own clock says."""
+        them, whatever its own clock says. ``batch_*``: the group commit of grants and releases
+        (:class:`~vault.service._batch.Batcher`; ``VAULT_BATCH_*``)."""
         self.clock = clock
         self.store = store
         self.kek = kek
@@ -114,6 +84,19 @@ class LeaseService:
         self.auditor = auditor
         self.max_ttl = max_ttl
         self.max_lifetime = max_lifetime
+        self._grants: Batcher[GrantJob, Grant] = Batcher(
+            self._grant_batch, max_size=batch_max_size, max_wait=batch_max_wait,
+            max_inflight=batch_max_inflight,
+        )  # fmt: skip
+        self._releases: Batcher[tuple[Context, ReleaseRequest], None] = Batcher(
+            self._release_batch, max_size=batch_max_size, max_wait=batch_max_wait,
+            max_inflight=batch_max_inflight,
+        )  # fmt: skip
+
+    async def drain(self) -> None:
+        """Let the batches that are running finish (at shutdown)."""
+        await self._grants.drain()
+        await self._releases.drain()
 
     async def _check_request(
         self, ctx: Context, purpose: str, ttl_seconds: int | None, user_id: str | None, session_id: str | None
@@ -154,117 +137,36 @@ class LeaseService:
         (409), InvalidRequest (422), PurposeNotAllowed (403); AuditUnavailable or StoreUnavailable (503)
         with nothing released. A session that does not decrypt raises DecryptionError (500): no lease is
         kept, and the failure is audited (outcome ``error``) in a transaction of its own.
+
+        Grants that arrive together are decided in one transaction (group commit, see
+        :func:`grant_batch`); each gets its own lock, fencing token, lease and audit rows.
         """
         assert ctx.principal is not None and (user_id is None) != (session_id is None)
         ttl = await self._check_request(ctx, purpose, ttl_seconds, user_id, session_id)
-
-        async def attempt(keys: Keys) -> tuple[VaultError | None, Grant | None]:
-            async with self.store.transaction() as tx:
-                return await self._grant_in(
-                    tx, keys, ctx, purpose, ttl, session_id=session_id, user_id=user_id,
-                    allow_wallet_changes=allow_wallet_changes,
-                )  # fmt: skip
-
-        try:
-            error, grant = await with_keys(self.store, self.kek, self.cache, attempt)
-        except (DecryptionError, KeyUnavailable) as exc:  # a key that does not open, or a KMS away: audited
-            async with self.store.transaction() as tx:
-                await tx.insert_audit(
-                    self.auditor.record(ctx, "lease.grant", "error", detail=exc.code, purpose=purpose,
-                                        user_id=user_id, session_id=session_id)
-                )  # fmt: skip
-            raise
-        if error is not None:
-            raise error
-        assert grant is not None
-        return grant
-
-    async def _grant_in(
-        self,
-        tx: Tx,
-        keys: Keys,
-        ctx: Context,
-        purpose: str,
-        ttl: int,
-        *,
-        session_id: str | None,
-        user_id: str | None,
-        allow_wallet_changes: bool,
-    ) -> tuple[VaultError | None, Grant | None]:
-        """The grant transaction's body: (refusal, None) with the refusal audited, or (None, grant)."""
-        principal = ctx.principal
-        assert principal is not None
-        record = self.auditor.record
-
-        async def deny(
-            error: VaultError, at_us: int | None, user: str | None, session: str | None
-        ) -> tuple[VaultError, None]:
-            await tx.insert_audit(
-                record(ctx, "lease.grant", "denied", at_us=at_us, detail=error.code, purpose=purpose,
-                       user_id=user, session_id=session)
-            )  # fmt: skip
-            return error, None
-
-        peek = await tx.peek_session(session_id=session_id, user_id=user_id)
-        if peek is None:
-            return await deny(NoSession(), None, user_id, session_id)
-        refusal = _refusal(peek.status, peek.expires_at, peek.now_us) or _held(
-            peek.lease_expires_us, peek.now_us
-        )
-        if refusal is not None:
-            return await deny(refusal, peek.now_us, peek.user_id, peek.id)
-        # Looked free: take the row lock and decide for real, on the clock read after the lock is held.
-        found = await tx.lock_session(peek.id)
-        assert found is not None  # sessions are never deleted
-        locked, current = found
-        now = locked.now_us
-        refusal = _refusal(locked.status, locked.expires_at, now) or _held(
-            None if current is None else current.expires_us, now
-        )
-        if refusal is not None:
-            return await deny(refusal, now, locked.user_id, locked.id)
-        keys.get(locked.user_id, locked.dek_version)  # resolved before the transaction, or KeyNeeded now
-        if current is not None:
-            await tx.end_lease(current.id, now_us=now, reason="expired")
-            await tx.insert_audit(
-                record(ctx, "lease.takeover", "ok", at_us=now, lease_id=current.id,
-                       fencing_token=current.fencing_token, purpose=purpose, user_id=locked.user_id,
-                       session_id=locked.id)
-            )  # fmt: skip
-        lease_id = str(uuid.uuid4())
-        fence = await tx.insert_lease(
-            lease_id=lease_id,
-            session=locked,
-            holder_token_id=principal.token_id,
-            purpose=purpose,
-            ttl_seconds=ttl,
+        request = GrantRequest(
+            session_id=session_id, user_id=user_id, lease_id=str(uuid.uuid4()),
+            holder_token_id=ctx.principal.token_id, purpose=purpose, ttl_seconds=ttl,
             allow_wallet_changes=allow_wallet_changes,
-        )
-        await tx.insert_audit(
-            record(
-                ctx,
-                "lease.grant",
-                "ok",
-                at_us=now,
-                lease_id=lease_id,
-                fencing_token=fence,
-                purpose=purpose,
-                user_id=locked.user_id,
-                session_id=locked.id,
-                detail="wallet changes allowed" if allow_wallet_changes else None,
-            )
-        )
-        # Decrypted inside the transaction, returned only after it (and its audit event) committed.
-        plaintext = open_session(keys, locked)
-        grant = Grant(
-            lease_id=lease_id,
-            session_id=locked.id,
-            user_id=locked.user_id,
-            fencing_token=fence,
-            expires_at=from_us(now + ttl * 1_000_000),
-            session=plaintext,
-        )
-        return None, grant
+        )  # fmt: skip
+        keys = Keys(self.cache, self.kek)
+        for _ in range(_KEY_ATTEMPTS):
+            try:
+                return await self._grants.submit(GrantJob(ctx, request, keys))
+            except KeyNeeded as need:  # resolved here, with no transaction open and no batch waiting
+                try:
+                    await resolve_key(self.store, keys, need)
+                except (DecryptionError, KeyUnavailable) as exc:  # a key that does not open, or a KMS away
+                    await audit_grant_error(self.store, self.auditor, ctx, request, exc)
+                    raise
+        raise KeyUnavailable("the user's data key changed during the request; retry")
+
+    async def _grant_batch(self, jobs: Sequence[GrantJob]) -> list[Grant | BaseException]:
+        return await grant_batch(self.store, self.auditor, jobs)
+
+    async def _release_batch(
+        self, jobs: Sequence[tuple[Context, ReleaseRequest]]
+    ) -> list[BaseException | None]:
+        return await release_batch(self.store, self.auditor, jobs)
 
     def _holder_error(self, ctx: Context, state: LockedLease | None, fencing_token: int) -> VaultError | None:
         if state is None:
@@ -331,6 +233,11 @@ class LeaseService:
         for renew (checked first, so only the holder learns about its session); on any refusal nothing
         changes.
         """
+        if session is None:  # a plain release: group-committed with the others that arrive together
+            assert ctx.principal is not None
+            request = ReleaseRequest(lease_id, ctx.principal.token_id, fencing_token)
+            await self._releases.submit((ctx, request))
+            return
         parsed, invalid = None, None
         if session is not None:
             try:

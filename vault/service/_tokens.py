@@ -21,13 +21,14 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from vault.audit import AuditKeys
 from vault.errors import AuthError, Forbidden, InvalidRequest, NotFound, TokenForged, Unauthorized
 from vault.service._audit import Auditor, Context
+from vault.service._batch import Batcher
 from vault.service._ids import NAME_PATTERN, PURPOSE_PATTERN
 from vault.service._principal import Principal, Role
 from vault.settings import MAX_LEASE_TTL
@@ -190,7 +191,13 @@ async def revoke_token(store: Store, auditor: Auditor, ctx: Context, token_id: s
 
 
 async def authenticate(
-    store: Store, keys: AuditKeys, token: str | None, *, role: Role, now: datetime
+    store: Store,
+    keys: AuditKeys,
+    token: str | None,
+    *,
+    role: Role,
+    now: datetime,
+    lookup: Callable[[str], Awaitable[TokenRow | None]] | None = None,
 ) -> Principal:
     """Resolve a bearer token to a principal with ``role``.
 
@@ -202,8 +209,11 @@ async def authenticate(
     if match is None:
         raise Unauthorized()
     token_id, secret = match.groups()
-    async with store.transaction() as tx:
-        row = await tx.token(token_id)
+    if lookup is not None:
+        row = await lookup(token_id)
+    else:
+        async with store.read() as tx:
+            row = await tx.token(token_id)
     stored = row.secret_hash if row is not None else _DUMMY_HASH
     if not hmac.compare_digest(stored, _hash(secret)) or row is None:
         raise Unauthorized()
@@ -229,10 +239,19 @@ class TokenService:
     """Service credentials for the API: create (``ingest`` and ``auditor`` only over the API), list,
     revoke, and authenticate requests, every failure audited."""
 
-    def __init__(self, *, store: Store, auditor: Auditor, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, *, store: Store, auditor: Auditor, clock: Callable[[], datetime], batch_max_size: int = 64
+    ) -> None:
         self.store = store
         self.auditor = auditor
         self.clock = clock
+        # Token lookups that arrive together share one statement (no transaction: a read).
+        self._lookups: Batcher[str, TokenRow | None] = Batcher(self._lookup_batch, max_size=batch_max_size)
+
+    async def _lookup_batch(self, token_ids: Sequence[str]) -> list[TokenRow | None]:
+        async with self.store.read() as tx:
+            rows = await tx.tokens_by_id(sorted(set(token_ids)))
+        return [rows.get(token_id) for token_id in token_ids]
 
     async def create(
         self, ctx: Context, *, role: Role, name: str, expires_in: int | None = None
@@ -250,7 +269,9 @@ class TokenService:
     async def authenticate(self, token: str | None, role: Role, ctx: Context) -> Principal:
         """The principal for ``token`` if it has ``role``; failures are audited, then raised."""
         try:
-            return await authenticate(self.store, self.auditor.keys, token, role=role, now=self.clock())
+            return await authenticate(
+                self.store, self.auditor.keys, token, role=role, now=self.clock(), lookup=self._lookups.submit
+            )
         except AuthError as exc:
             claimed = _CLAIMED_ID.match(token or "")
             outcome = "denied" if isinstance(exc, Forbidden) else "unauthenticated"

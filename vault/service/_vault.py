@@ -67,7 +67,9 @@ class Vault:
             store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock,
             max_lifetime=self.max_lifetime,
         )  # fmt: skip
-        self.tokens = TokenService(store=store, auditor=self.auditor, clock=clock)
+        self.tokens = TokenService(
+            store=store, auditor=self.auditor, clock=clock, batch_max_size=settings.batch_max_size
+        )
         self.audit_log = AuditLog(
             store=store, auditor=self.auditor, hash_rate_limit=settings.audit_hash_rate_limit
         )
@@ -79,6 +81,9 @@ class Vault:
             max_ttl=settings.lease_max_ttl_seconds,
             max_lifetime=self.max_lifetime,
             clock=clock,
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait=settings.batch_max_wait_ms / 1000,
+            batch_max_inflight=settings.batch_max_inflight,
         )
         self.key_admin = KeyAdmin(store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock)
         self._sealer: asyncio.Task[None] | None = None
@@ -122,6 +127,7 @@ class Vault:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sealer
             self._sealer = None
+        await self.leases.drain()
         await self.key_admin.close()
         self.dek_cache.clear()
         await self.kek.close()

@@ -103,6 +103,16 @@ class AuditQueries(Executor):
         except StoreUnavailable as exc:
             raise AuditUnavailable() from exc
 
+    async def insert_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Append several events in the caller's transaction (one round trip on PostgreSQL), fail-closed
+        as :meth:`insert_audit`."""
+        if not records:
+            return
+        try:
+            await self.execute_many(_insert_event, [asdict(r) for r in records])
+        except StoreUnavailable as exc:
+            raise AuditUnavailable() from exc
+
     async def lock_chain(self) -> ChainState:
         row = await self.fetch_one(_lock_chain)
         assert row is not None, "the audit_chain row is missing (migrations not applied?)"

@@ -8,9 +8,13 @@ from datetime import datetime
 __all__ = [
     "AuditRecord",
     "ChainState",
+    "GrantDecision",
+    "GrantRequest",
     "LeaseRow",
     "LockedLease",
     "LockedSession",
+    "ReleaseDecision",
+    "ReleaseRequest",
     "SessionPeek",
     "SessionRow",
     "TokenRow",
@@ -144,3 +148,62 @@ class ChainState:
     checkpoint_at_us: int
     max_id: int
     mac: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRequest:
+    """One grant of a batch: a session by id, or a user's newest usable session."""
+
+    session_id: str | None
+    user_id: str | None
+    lease_id: str
+    holder_token_id: str
+    purpose: str
+    ttl_seconds: int
+    allow_wallet_changes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GrantDecision:
+    """What the database decided for one :class:`GrantRequest`.
+
+    ``outcome``: ``granted``; a refusal (``no_session``, ``revoked``, ``superseded``, ``shredded``,
+    ``expired``, ``held`` with ``retry_after`` seconds); or ``error`` (``sqlstate``: this request's
+    statements failed and were undone, the rest of the batch went on). ``at_us`` is the database's clock
+    (read after the row lock, for every decision taken under it); None for ``no_session`` and ``error``.
+    A grant carries the session's row (``session_version``, ``dek_version``, ``ciphertext``), its
+    fencing token, and the expired lease it ended, if any (a takeover)."""
+
+    outcome: str
+    at_us: int | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    session_version: int | None = None
+    dek_version: int | None = None
+    ciphertext: bytes | None = field(default=None, repr=False)
+    fencing_token: int | None = None
+    retry_after: int | None = None
+    ended_lease_id: str | None = None
+    ended_fence: int | None = None
+    sqlstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    lease_id: str
+    holder_token_id: str
+    fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseDecision:
+    """``outcome``: ``released``, ``no_lease``, ``not_holder``, ``shredded``, ``lost`` or ``error``; the
+    lease's session, user, fencing token and purpose when the lease exists."""
+
+    outcome: str
+    at_us: int | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    fencing_token: int | None = None
+    purpose: str | None = None
+    sqlstate: str | None = None

@@ -16,23 +16,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import ColumnElement, Table, bindparam, insert, literal, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from vault.store._audit import AuditQueries
+from vault.store._batch import BatchQueries
 from vault.store._engine import SQLITE_BUSY_TIMEOUT_MS, make_engine
 from vault.store._exec import Builder, translated
 from vault.store._keys import KeyQueries
-from vault.store._leases import LeaseQueries
 from vault.store._models import ServiceToken, SessionRecord, User, UserKey
 from vault.store._rows import SessionRow, TokenRow, UserKeyRow
 
@@ -108,6 +108,22 @@ class Store:
                 await conn.commit()
         finally:
             await _quietly(conn.close())
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        """For reads only: on PostgreSQL a pooled connection with no transaction around the statements
+        (each is its own snapshot; no BEGIN and COMMIT round trips); on SQLite a transaction."""
+        if self.dialect != "postgresql":
+            async with self.transaction() as tx:
+                yield tx
+            return
+        pool = await self._pg_pool()
+        with translated():
+            conn = await pool.acquire()
+        try:
+            yield Tx(None, self.dialect, self.clock_us, pg=conn)
+        finally:
+            await _quietly(pool.release(conn))
 
     @asynccontextmanager
     async def _pg_transaction(self) -> AsyncIterator[Tx]:
@@ -247,6 +263,12 @@ def _token(_now: ColumnElement[Any]) -> Executable:
     return select(_TOKENS).where(_TOKENS.c.id == bindparam("token_id"))
 
 
+def _tokens_any(_now: ColumnElement[Any]) -> Executable:
+    """PostgreSQL only: ``id = ANY($1)``, one text array parameter."""
+    ids = bindparam("token_ids", type_=postgresql.ARRAY(_TOKENS.c.id.type))
+    return select(_TOKENS).where(_TOKENS.c.id == func.any(ids))
+
+
 def _tokens(_now: ColumnElement[Any]) -> Executable:
     return select(_TOKENS).order_by(_TOKENS.c.created_at, _TOKENS.c.id)  # ties in a stable order
 
@@ -260,7 +282,7 @@ def _revoke(_now: ColumnElement[Any]) -> Executable:
     )
 
 
-class Tx(LeaseQueries, AuditQueries, KeyQueries):
+class Tx(BatchQueries, AuditQueries, KeyQueries):
     """The queries available inside one transaction."""
 
     def __init__(
@@ -349,6 +371,14 @@ class Tx(LeaseQueries, AuditQueries, KeyQueries):
     async def token(self, token_id: str) -> TokenRow | None:
         row = await self.fetch_one(_token, {"token_id": token_id})
         return None if row is None else _token_row(row)
+
+    async def tokens_by_id(self, token_ids: Sequence[str]) -> dict[str, TokenRow]:
+        """The token rows among ``token_ids`` (one statement for all of them)."""
+        if self._pg is not None:
+            rows = await self.fetch(_tokens_any, {"token_ids": list(token_ids)})
+        else:
+            rows = await self.fetch_query(select(_TOKENS).where(_TOKENS.c.id.in_(list(token_ids))))
+        return {row["id"]: _token_row(row) for row in rows}
 
     async def tokens(self) -> list[TokenRow]:
         return [_token_row(row) for row in await self.fetch(_tokens)]
