@@ -436,7 +436,7 @@ def run_benchmark(plan: Plan, database_url: str, command: str) -> str:
         asyncio.run(migrate(vault_url))
         pg_version = server_version(db_url)
         secrets = secret_files(Path(tmp))
-        with vault_process(vault_url, secrets, Path(tmp) / "vault.log", {}) as proc:
+        with vault_process(vault_url, secrets, Path(tmp) / "vault.log", {"VAULT_WORKERS": "1"}) as proc:
             say(f"vault at {proc.public_base} (pid {proc.pid}), database {name}")
             results = asyncio.run(bench_all(Target(proc.public_base, proc.pid, db_url), plan))
     return report(plan, command, pg_version, load, table(results, plan.levels))

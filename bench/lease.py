@@ -276,6 +276,7 @@ def run_benchmark(plan: Plan, database_url: str, command: str) -> str:
             for v, whatif in enumerate(plan.whatif):
                 name = copy(f"seal_{mode}_{v}")
                 env = {SEAL_ENV: seal_env[mode]} if supported else {}
+                env["VAULT_WORKERS"] = "1"  # a "process" here is one serve process, not one per core
                 vault_url = with_database(maintenance, name, driver="postgresql+asyncpg")
                 procs = tuple(
                     stack.enter_context(

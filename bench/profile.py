@@ -418,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         prepared = prepare(stack, maintenance, args.users if args.what == "lease" else 0)
         vault_url = with_database(maintenance, prepared.db_name, driver="postgresql+asyncpg")
         log = prepared.tmp / "vault.log"
-        proc = stack.enter_context(vault_process(vault_url, prepared.secrets, log, {}))
+        # one process (VAULT_WORKERS=1): py-spy samples it alone; `serve` would otherwise run one per core
+        proc = stack.enter_context(vault_process(vault_url, prepared.secrets, log, {"VAULT_WORKERS": "1"}))
         local = is_local(maintenance)
         admin = stack.enter_context(psycopg.connect(maintenance, autocommit=True)) if local else None
         probe = Probe(admin, prepared.db_name, [proc.pid])

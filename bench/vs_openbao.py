@@ -25,7 +25,7 @@ for the scratch database and of the OpenBao process; at the end of each phase th
 every vault process, and the leases granted. ``--vault-env KEY=VALUE`` (repeatable) goes into both vault
 processes' environment; the vault's ``workers`` setting, if it has one, is left at its default (or to
 ``--vault-env``) and reported. Everything it starts (processes, the database, temp directories) is
-removed at exit, also on Ctrl-C or an error. Run from the repository root (~6 minutes on 2 cores)::
+removed at exit, also on Ctrl-C or an error. Run from the repository root (~5 minutes on 2 cores)::
 
     .venv/bin/python -m bench.vs_openbao --connections 32 --seconds 10 --runs 3 \\
         --database-url postgresql://postgres@127.0.0.1:5432/postgres --out bench/results/vs-openbao.md
@@ -183,7 +183,7 @@ async def phase(
 ) -> list[Sample]:
     """Both cases on one vault: per case, ``--runs`` vault runs and OpenBao runs, alternating."""
     samples: list[Sample] = []
-    for case in CASES:
+    for case in [c for c in CASES if c in args.cases.split(",")]:
         for run in range(1, args.runs + 1):
             for side in (vault, bao):
                 if side.take_body is not None and case == "ingest":
@@ -325,6 +325,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per side and case (medians reported)")
     parser.add_argument("--users", type=int, default=1000, help="vault users and OpenBao secrets")
     parser.add_argument("--backends", default="serve,dev", help="comma-separated: serve, dev")
+    parser.add_argument("--cases", default="lease,ingest", help="comma-separated: lease, ingest")
     parser.add_argument("--vault-env", action="append", default=[], metavar="KEY=VALUE",
                         help="a VAULT_* variable for both vault processes (repeatable)")  # fmt: skip
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="maintenance database")

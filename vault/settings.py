@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # once per process; a batch waits batch_max_wait_ms for company before it starts (0: never waits).
     batch_max_size: int = Field(64, ge=1, le=1000)
     batch_max_wait_ms: float = Field(0.0, ge=0, le=100)
-    batch_max_inflight: int = Field(4, ge=1, le=64)
+    batch_max_inflight: int = Field(1, ge=1, le=64)
     # Processes of `serve`, sharing both listeners, each with its own database pool (0: one per core).
     workers: int = Field(0, ge=0, le=64)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -86,7 +86,9 @@ def test_grants_that_arrive_together_share_one_transaction(db_url: str, raw: Raw
             assert w.leases._releases.stats.batches == 1
 
     asyncio.run(run())
-    events = raw.query("SELECT action, outcome, lease_id FROM audit_events WHERE substr(action, 1, 6) = 'lease.'")
+    events = raw.query(
+        "SELECT action, outcome, lease_id FROM audit_events WHERE substr(action, 1, 6) = 'lease.'"
+    )
     assert sorted((a, o) for a, o, _ in events) == [("lease.grant", "ok")] * 8 + [("lease.release", "ok")] * 8
     leases = raw.query("SELECT id, ended_us, end_reason FROM leases")
     assert len(leases) == 8 and all(reason == "released" and ended for _, ended, reason in leases)

@@ -71,7 +71,7 @@ class LeaseService:
         clock: Callable[[], datetime] = utcnow,
         batch_max_size: int = 64,
         batch_max_wait: float = 0.0,
-        batch_max_inflight: int = 4,
+        batch_max_inflight: int = 1,
     ) -> None:
         """``clock`` dates write-backs and checks a refreshed session's expiry. Lease decisions (granted,
         expired, held, renewed) use the database's clock instead, on purpose: every replica must agree on

@@ -240,13 +240,21 @@ class TokenService:
     revoke, and authenticate requests, every failure audited."""
 
     def __init__(
-        self, *, store: Store, auditor: Auditor, clock: Callable[[], datetime], batch_max_size: int = 64
+        self,
+        *,
+        store: Store,
+        auditor: Auditor,
+        clock: Callable[[], datetime],
+        batch_max_size: int = 64,
+        batch_max_inflight: int = 2,
     ) -> None:
         self.store = store
         self.auditor = auditor
         self.clock = clock
         # Token lookups that arrive together share one statement (no transaction: a read).
-        self._lookups: Batcher[str, TokenRow | None] = Batcher(self._lookup_batch, max_size=batch_max_size)
+        self._lookups: Batcher[str, TokenRow | None] = Batcher(
+            self._lookup_batch, max_size=batch_max_size, max_inflight=batch_max_inflight
+        )
 
     async def _lookup_batch(self, token_ids: Sequence[str]) -> list[TokenRow | None]:
         async with self.store.read() as tx:

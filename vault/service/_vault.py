@@ -67,9 +67,12 @@ class Vault:
             store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock,
             max_lifetime=self.max_lifetime,
         )  # fmt: skip
+        # SQLite: one connection per process, so one batch at a time (the others would only queue for it)
+        inflight = 1 if store.dialect == "sqlite" else settings.batch_max_inflight
         self.tokens = TokenService(
-            store=store, auditor=self.auditor, clock=clock, batch_max_size=settings.batch_max_size
-        )
+            store=store, auditor=self.auditor, clock=clock, batch_max_size=settings.batch_max_size,
+            batch_max_inflight=inflight,
+        )  # fmt: skip
         self.audit_log = AuditLog(
             store=store, auditor=self.auditor, hash_rate_limit=settings.audit_hash_rate_limit
         )
@@ -83,7 +86,7 @@ class Vault:
             clock=clock,
             batch_max_size=settings.batch_max_size,
             batch_max_wait=settings.batch_max_wait_ms / 1000,
-            batch_max_inflight=settings.batch_max_inflight,
+            batch_max_inflight=inflight,
         )
         self.key_admin = KeyAdmin(store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock)
         self._sealer: asyncio.Task[None] | None = None
