@@ -46,6 +46,7 @@ def test_workers_share_the_listeners_and_a_killed_one_is_replaced(settings: Sett
         headers = {"Authorization": f"Bearer {token}"}
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: _dead(victim), "the killed worker is still running")  # then it accepts nothing more
         # the survivors answer at once, each request on a new connection (the kernel may give it to any)
         for _ in range(10):
             assert (
@@ -62,6 +63,14 @@ def test_workers_share_the_listeners_and_a_killed_one_is_replaced(settings: Sett
             pytest.fail(f"worker {pid} outlived the server")
     log = (tmp_path / "serve-0.log").read_text()
     assert f"worker {victim} exited with code -9; starting another" in log
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 def _children_gone(pids: set[int]) -> list[int]:
