@@ -65,7 +65,7 @@ if [ "$#" -gt 0 ]; then
   .venv/bin/python -m pytest "$@"  # not exec: the EXIT trap stops a throwaway cluster
   exit
 fi
-COVERAGE_FLOOR=${COVERAGE_FLOOR:-85.5}  # measured 86.26-86.29% on 2026-12-02; half a point below for timing-dependent branches (subprocess code, the CLI, is not traced)
+COVERAGE_FLOOR=${COVERAGE_FLOOR:-84.5}  # measured 84.93% on 2026-12-02 (86.3 before vault/_workers.py, which runs only in `serve` subprocesses and is not traced: the CLI and the server are not either); half a point below for timing-dependent branches
 .venv/bin/python -m pytest -q --durations=10 -m "not slow" --cov=vault --cov-branch --cov-report=term:skip-covered \
   --cov-fail-under="$COVERAGE_FLOOR"
 .venv/bin/python -m pytest -q --durations=10 -m slow
