@@ -47,11 +47,11 @@ class World:
         await resolve_key(self.store, Keys(self.cache, self.kek), KeyNeeded(user, 1))
         return user
 
-    def service(self, **batching: int) -> LeaseService:
+    def service(self) -> LeaseService:
         """Another lease service (another "process") on the same database and keys."""
         return LeaseService(
-            store=self.store, kek=self.kek, cache=self.cache, auditor=self.auditor, max_ttl=300, **batching
-        )  # type: ignore[arg-type]
+            store=self.store, kek=self.kek, cache=self.cache, auditor=self.auditor, max_ttl=300
+        )
 
 
 @asynccontextmanager

@@ -185,4 +185,4 @@ def test_bounds_are_checked() -> None:
 
     for bad in ({"max_size": 0}, {"max_size": 1, "max_inflight": 0}, {"max_size": 1, "max_wait": -1.0}):
         with pytest.raises(ValueError, match="at least one"):
-            Batcher(run, **bad)  # type: ignore[arg-type]
+            Batcher(run, **bad)
