@@ -183,7 +183,7 @@ async def phase(
 ) -> list[Sample]:
     """Both cases on one vault: per case, ``--runs`` vault runs and OpenBao runs, alternating."""
     samples: list[Sample] = []
-    for case in [c for c in CASES if c in args.cases.split(",")]:
+    for case in args.cases:
         for run in range(1, args.runs + 1):
             for side in (vault, bao):
                 if side.take_body is not None and case == "ingest":
@@ -317,6 +317,14 @@ client, server processes and PostgreSQL backends (anything else running: other s
 """
 
 
+def _cases(text: str) -> list[str]:
+    cases = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown or not cases:
+        raise argparse.ArgumentTypeError(f"cases are {', '.join(CASES)}; not {', '.join(unknown) or 'none'}")
+    return [c for c in CASES if c in cases]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.vs_openbao", description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=32, help="connections (workers) per run")
@@ -325,7 +333,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per side and case (medians reported)")
     parser.add_argument("--users", type=int, default=1000, help="vault users and OpenBao secrets")
     parser.add_argument("--backends", default="serve,dev", help="comma-separated: serve, dev")
-    parser.add_argument("--cases", default="lease,ingest", help="comma-separated: lease, ingest")
+    parser.add_argument("--cases", default="lease,ingest", type=_cases, help="comma-separated: lease, ingest")
     parser.add_argument("--vault-env", action="append", default=[], metavar="KEY=VALUE",
                         help="a VAULT_* variable for both vault processes (repeatable)")  # fmt: skip
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="maintenance database")

@@ -43,7 +43,9 @@ from vault.service._audit import Auditor, Context
 from vault.service._keys import KeyNeeded, Keys
 from vault.store import AuditRecord, GrantDecision, GrantRequest, ReleaseRequest, Store
 
-__all__ = ["Grant", "GrantJob", "audit_grant_error", "from_us", "grant_batch", "release_batch"]
+__all__ = [
+    "Grant", "GrantJob", "audit_grant_error", "from_us", "grant_batch", "release_batch", "release_refusal",
+]  # fmt: skip
 
 
 def from_us(us: int) -> datetime:
@@ -79,7 +81,7 @@ def _grant_refusal(decision: GrantDecision) -> VaultError:
     raise AssertionError(f"unknown grant outcome {decision.outcome!r}")
 
 
-def _release_refusal(outcome: str) -> VaultError:
+def release_refusal(outcome: str) -> VaultError:
     match outcome:
         case "no_lease":
             return NoLease()
@@ -135,8 +137,9 @@ def _granted(
     return records, grant
 
 
-def _grant_denied(auditor: Auditor, ctx: Context, request: GrantRequest, d: GrantDecision) -> AuditRecord:
-    error = _grant_refusal(d)
+def _grant_denied(
+    auditor: Auditor, ctx: Context, request: GrantRequest, d: GrantDecision, error: VaultError
+) -> AuditRecord:
     outcome = "error" if d.outcome == "error" else "denied"
     return auditor.record(
         ctx, "lease.grant", outcome, at_us=d.at_us, detail=error.code, purpose=request.purpose,
@@ -174,8 +177,8 @@ async def grant_batch(
                 for i, d in zip(pending, decisions, strict=True):
                     job = jobs[i]
                     if d.outcome != "granted":
-                        records.append(_grant_denied(auditor, job.ctx, job.request, d))
-                        decided[i] = _grant_refusal(d)
+                        refusal = decided[i] = _grant_refusal(d)
+                        records.append(_grant_denied(auditor, job.ctx, job.request, d, refusal))
                         continue
                     try:
                         plaintext = _open(job.keys, d)  # inside the transaction: a failure keeps no lease
@@ -234,7 +237,7 @@ async def release_batch(
                 )  # fmt: skip
                 out.append(None)
                 continue
-            error = _release_refusal(d.outcome)
+            error = release_refusal(d.outcome)
             records.append(
                 auditor.record(
                     ctx, "lease.release", "error" if d.outcome == "error" else "denied", at_us=d.at_us,

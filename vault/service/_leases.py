@@ -24,19 +24,25 @@ from vault.errors import (
     LeaseLost,
     NoLease,
     PurposeNotAllowed,
-    UserShredded,
     VaultError,
 )
-from vault.errors import Forbidden as NotHolder
 from vault.keys import DekCache, KekProvider
 from vault.service._audit import Auditor, Context, utcnow
 from vault.service._batch import Batcher
 from vault.service._ids import PURPOSE_PATTERN
 from vault.service._ingest import open_session
 from vault.service._keys import KeyNeeded, Keys, active_dek, resolve_key, with_keys
-from vault.service._lease_batch import Grant, GrantJob, audit_grant_error, from_us, grant_batch, release_batch
+from vault.service._lease_batch import (
+    Grant,
+    GrantJob,
+    audit_grant_error,
+    from_us,
+    grant_batch,
+    release_batch,
+    release_refusal,
+)
 from vault.sessions import ParsedSession, parse_session, wallet_change
-from vault.store import AuditRecord, GrantRequest, LockedLease, ReleaseRequest, Store, Tx
+from vault.store import AuditRecord, GrantRequest, LockedLease, ReleaseRequest, Store, Tx, holder_refusal
 
 __all__ = ["DEFAULT_TTL", "Grant", "LeaseService", "Renewal", "from_us"]
 
@@ -49,13 +55,6 @@ _PURPOSE_RE = re.compile(PURPOSE_PATTERN)
 class Renewal:
     lease_id: str
     expires_at: datetime
-
-
-def _lost(state: LockedLease, fencing_token: int) -> bool:
-    lease = state.lease
-    return (
-        lease.ended_us is not None or lease.expires_us <= state.now_us or fencing_token != lease.fencing_token
-    )
 
 
 class LeaseService:
@@ -172,13 +171,8 @@ class LeaseService:
         if state is None:
             return NoLease()
         assert ctx.principal is not None
-        if state.lease.holder_token_id != ctx.principal.token_id:
-            return NotHolder("only the credential that took this lease may renew or release it")
-        if state.lease.end_reason == "shredded":
-            return UserShredded()
-        if _lost(state, fencing_token):
-            return LeaseLost()
-        return None
+        outcome = holder_refusal(state, ctx.principal.token_id, fencing_token)
+        return None if outcome is None else release_refusal(outcome)
 
     async def _refuse(
         self,

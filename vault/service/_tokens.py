@@ -246,7 +246,7 @@ class TokenService:
         auditor: Auditor,
         clock: Callable[[], datetime],
         batch_max_size: int = 64,
-        batch_max_inflight: int = 2,
+        batch_max_inflight: int = 1,
     ) -> None:
         self.store = store
         self.auditor = auditor

@@ -67,8 +67,8 @@ class Vault:
             store=store, kek=kek, cache=dek_cache, auditor=self.auditor, clock=clock,
             max_lifetime=self.max_lifetime,
         )  # fmt: skip
-        # SQLite: one connection per process, so one batch at a time (the others would only queue for it)
-        inflight = 1 if store.dialect == "sqlite" else settings.batch_max_inflight
+        # never more batches at once than connections (SQLite: one): the others would only queue for one
+        inflight = min(settings.batch_max_inflight, store.connections)
         self.tokens = TokenService(
             store=store, auditor=self.auditor, clock=clock, batch_max_size=settings.batch_max_size,
             batch_max_inflight=inflight,

@@ -1,6 +1,7 @@
 """Persistence: SQLAlchemy models, migrations runner and queries. The only package that speaks SQL."""
 
 from vault.store._audit import FIRST_ID, AuditFilter
+from vault.store._batch import holder_refusal
 from vault.store._engine import make_engine
 from vault.store._keys import KekCount, RekeySession
 from vault.store._migrate import alembic_config, migrations_dir, upgrade
@@ -64,6 +65,7 @@ __all__ = [
     "UserKeyRow",
     "UtcDateTime",
     "alembic_config",
+    "holder_refusal",
     "make_engine",
     "metadata",
     "migrations_dir",

@@ -30,13 +30,14 @@ from vault.store._leases import LeaseQueries
 from vault.store._rows import (
     GrantDecision,
     GrantRequest,
+    LockedLease,
     LockedSession,
     ReleaseDecision,
     ReleaseRequest,
     SessionPeek,
 )
 
-__all__ = ["BatchQueries", "lease_refusal"]
+__all__ = ["BatchQueries", "holder_refusal", "lease_refusal"]
 
 log = logging.getLogger("vault.store")
 
@@ -59,6 +60,19 @@ def lease_refusal(
         return "expired"
     if lease_expires_us is not None and lease_expires_us > now_us:
         return "held"
+    return None
+
+
+def holder_refusal(state: LockedLease, holder_token_id: str, fencing_token: int) -> str | None:
+    """Why ``holder_token_id`` may not renew or release this lease now (as in ``vault_release_batch``):
+    ``not_holder``, ``shredded`` or ``lost`` (ended, expired, or an older fencing token), or None."""
+    lease = state.lease
+    if lease.holder_token_id != holder_token_id:
+        return "not_holder"
+    if lease.end_reason == "shredded":
+        return "shredded"
+    if lease.ended_us is not None or lease.expires_us <= state.now_us or lease.fencing_token != fencing_token:
+        return "lost"
     return None
 
 
@@ -184,15 +198,9 @@ class BatchQueries(LeaseQueries):
         state = await self.lock_lease(request.lease_id)
         if state is None:
             return ReleaseDecision("no_lease")
-        lease, now, fence = state.lease, state.now_us, request.fencing_token
-        if lease.holder_token_id != request.holder_token_id:
-            outcome = "not_holder"
-        elif lease.end_reason == "shredded":
-            outcome = "shredded"
-        elif lease.ended_us is not None or lease.expires_us <= now or lease.fencing_token != fence:
-            outcome = "lost"
-        else:
-            outcome = "released"
+        lease, now = state.lease, state.now_us
+        outcome = holder_refusal(state, request.holder_token_id, request.fencing_token) or "released"
+        if outcome == "released":
             await self.end_lease(lease.id, now_us=now, reason="released")
         return ReleaseDecision(
             outcome, now, lease.session_id, lease.user_id, lease.fencing_token, lease.purpose

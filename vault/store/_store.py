@@ -67,6 +67,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store(dialect={self.dialect!r}, pool_size={self._pool_size})"
 
+    @property
+    def connections(self) -> int:
+        """How many transactions of this process can run at once: the pool's size (SQLite: one)."""
+        return 1 if self.dialect == "sqlite" else self._pool_size
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
