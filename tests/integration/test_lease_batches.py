@@ -7,11 +7,13 @@ request orders do not deadlock (PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from tests._db import RawDb
@@ -247,3 +249,70 @@ def test_batches_locking_the_same_sessions_in_opposite_orders_do_not_deadlock(
     asyncio.run(run())
     tokens = raw.query("SELECT session_id, max(fencing_token), count(*) FROM leases GROUP BY session_id")
     assert all(top == 20 and n == 20 for _, top, n in tokens)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_row_lock_held_elsewhere_stalls_only_the_requests_for_that_session(db_url: str, raw: RawDb) -> None:
+    """Another transaction (a write-back, a key rotation, or the vault's own role by hand) holds one session's row
+    lock for seconds: the grant of that session waits for it, and no other grant or release of the process
+    waits behind that one (a batch never waits on a row lock; the request that would is retried alone)."""
+
+    async def run() -> None:
+        async with _world(db_url) as w:
+            users = [await w.ingest(780 + i) for i in range(3)]
+            held = await w.leases.grant(CTX, purpose="sign", user_id=users[2])
+            with psycopg.connect(raw.url.replace("postgresql+asyncpg://", "postgresql://")) as other:
+                for user in (users[0], users[2]):
+                    other.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", [_session_of(raw, user)])
+                waiting = asyncio.create_task(
+                    w.leases.grant(CTX, purpose="sign", ttl_seconds=10, user_id=users[0])
+                )
+                releasing = asyncio.create_task(
+                    w.leases.release(CTX, held.lease_id, fencing_token=held.fencing_token)
+                )
+                await asyncio.sleep(0.5)
+                assert not waiting.done() and not releasing.done()
+                # Before: the process's one grant (and release) batch waited on those locks, and everything
+                # queued behind it.
+                free = await asyncio.wait_for(w.leases.grant(CTX, purpose="sign", user_id=users[1]), 5)
+                await asyncio.wait_for(
+                    w.leases.release(CTX, free.lease_id, fencing_token=free.fencing_token), 5
+                )
+                assert not waiting.done() and not releasing.done()
+                released_at = time.time()
+                other.rollback()
+            await asyncio.wait_for(releasing, 10)
+            late = await asyncio.wait_for(waiting, 10)
+            assert late.user_id == users[0]
+            assert late.expires_at.timestamp() >= released_at + 10 - 0.5  # dated after the wait, not before
+
+    asyncio.run(run())
+
+
+def test_a_fencing_token_at_the_columns_limit_fails_that_grant_only(db_url: str, raw: RawDb) -> None:
+    """The vault's database role inserts an ended lease whose fencing token is the largest BIGINT: the next grant
+    of that session cannot be fenced (max + 1 overflows). That grant fails (503, audited as an error), with no
+    lease; the grants batched with it go through."""
+
+    async def run() -> None:
+        async with _world(db_url) as w:
+            users = [await w.ingest(790 + i) for i in range(3)]
+            poisoned = _session_of(raw, users[1])
+            raw.execute(
+                "INSERT INTO leases (id, session_id, user_id, session_version, fencing_token, holder_token_id,"
+                " purpose, ttl_seconds, granted_us, expires_us, ended_us, end_reason, allow_wallet_changes)"
+                " VALUES (%s, %s, %s, 1, %s, 'x', 'p', 1, 1, 2, 2, 'released', false)",
+                ["00000000-0000-4000-8000-000000000001", poisoned, users[1], 2**63 - 1],
+            )
+            results = await asyncio.gather(
+                *(w.leases.grant(CTX, purpose="sign", user_id=u) for u in users), return_exceptions=True
+            )
+            assert isinstance(results[1], StoreUnavailable), results[1]
+            assert [r.user_id for r in (results[0], results[2])] == [users[0], users[2]]  # type: ignore[union-attr]
+
+    asyncio.run(run())
+    assert raw.query("SELECT count(*) FROM leases WHERE fencing_token < 10") == [
+        (2,)
+    ]  # the two others' leases
+    errors = raw.query("SELECT detail FROM audit_events WHERE action = 'lease.grant' AND outcome = 'error'")
+    assert errors == [("store_unavailable",)]

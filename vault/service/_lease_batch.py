@@ -20,6 +20,7 @@ same work, only on a cache miss.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,8 +45,11 @@ from vault.service._keys import KeyNeeded, Keys
 from vault.store import AuditRecord, GrantDecision, GrantRequest, ReleaseRequest, Store
 
 __all__ = [
-    "Grant", "GrantJob", "audit_grant_error", "from_us", "grant_batch", "release_batch", "release_refusal",
+    "Grant", "GrantJob", "RowBusy", "audit_grant_error", "from_us", "grant_batch", "release_batch",
+    "release_refusal",
 ]  # fmt: skip
+
+log = logging.getLogger("vault.service")
 
 
 def from_us(us: int) -> datetime:
@@ -81,6 +85,10 @@ def _grant_refusal(decision: GrantDecision) -> VaultError:
     raise AssertionError(f"unknown grant outcome {decision.outcome!r}")
 
 
+def _unaudited(outcome: str) -> bool:
+    return outcome == "busy"  # nothing was decided: the request is run again and audited then
+
+
 def release_refusal(outcome: str) -> VaultError:
     match outcome:
         case "no_lease":
@@ -94,6 +102,11 @@ def release_refusal(outcome: str) -> VaultError:
         case "error":
             return StoreUnavailable()
     raise AssertionError(f"unknown release outcome {outcome!r}")
+
+
+class RowBusy(Exception):
+    """Control flow: another transaction holds this request's session row lock; the batch did not wait.
+    The caller runs the request again on its own, waiting for the lock (no batch waits behind it)."""
 
 
 class _Again(Exception):
@@ -157,13 +170,15 @@ class GrantJob:
 
 
 async def grant_batch(
-    store: Store, auditor: Auditor, jobs: Sequence[GrantJob]
+    store: Store, auditor: Auditor, jobs: Sequence[GrantJob], *, wait: bool = False
 ) -> list[Grant | BaseException]:
     """Decide and commit a batch of grants: one result per job, a Grant or the exception to raise.
 
-    :class:`KeyNeeded` for a job means: resolve that key (with no transaction open) and submit it again.
-    The batch never waits for a KMS: the jobs that need a key are set aside at once, and the batch runs
-    again without them (and without those that do not decrypt).
+    :class:`KeyNeeded` for a job means: resolve that key (with no transaction open) and submit it again;
+    :class:`RowBusy`: run it again alone with ``wait``. The batch never waits for a KMS nor for a row lock
+    held elsewhere: those jobs are set aside at once. A job whose decision cannot be opened (it does not
+    decrypt) or recorded (a value the vault's role stored behind its back that no audit event can hold)
+    is answered alone, audited as an error, and the batch runs again without it.
     """
     results: dict[int, Grant | BaseException] = {}
     pending = list(range(len(jobs)))
@@ -172,27 +187,32 @@ async def grant_batch(
         decided: dict[int, Grant | BaseException] = {}
         try:
             async with store.transaction() as tx:
-                decisions = await tx.grant_batch([jobs[i].request for i in pending])
+                decisions = await tx.grant_batch([jobs[i].request for i in pending], wait=wait)
                 records: list[AuditRecord] = []
                 for i, d in zip(pending, decisions, strict=True):
                     job = jobs[i]
-                    if d.outcome != "granted":
-                        refusal = decided[i] = _grant_refusal(d)
-                        records.append(_grant_denied(auditor, job.ctx, job.request, d, refusal))
+                    if _unaudited(d.outcome):
+                        decided[i] = RowBusy()
                         continue
                     try:
+                        if d.outcome != "granted":
+                            refusal = decided[i] = _grant_refusal(d)
+                            records.append(_grant_denied(auditor, job.ctx, job.request, d, refusal))
+                            continue
                         plaintext = _open(job.keys, d)  # inside the transaction: a failure keeps no lease
+                        granted, decided[i] = _granted(auditor, job.ctx, job.request, d, plaintext)
+                        records += granted
                     except (KeyNeeded, DecryptionError) as exc:
                         aside[i] = exc
-                        continue
-                    granted, decided[i] = _granted(auditor, job.ctx, job.request, d, plaintext)
-                    records += granted
+                    except ValueError:  # an audited value out of its column's range (see Auditor.record)
+                        log.warning("a batched grant cannot be audited: a stored value is out of range")
+                        aside[i] = StoreUnavailable()
                 if aside:
                     raise _Again()
                 await tx.insert_audits(records)
         except _Again:
             for i, failure in aside.items():
-                if isinstance(failure, DecryptionError):
+                if isinstance(failure, VaultError):  # not KeyNeeded: that one is resolved and run again
                     await audit_grant_error(store, auditor, jobs[i].ctx, jobs[i].request, failure)
                 results[i] = failure
             pending = [i for i in pending if i not in aside]
@@ -219,14 +239,18 @@ async def audit_grant_error(
 
 
 async def release_batch(
-    store: Store, auditor: Auditor, jobs: Sequence[tuple[Context, ReleaseRequest]]
+    store: Store, auditor: Auditor, jobs: Sequence[tuple[Context, ReleaseRequest]], *, wait: bool = False
 ) -> list[BaseException | None]:
-    """End a batch of leases (no write-back) in one transaction: None or the error, per job."""
+    """End a batch of leases (no write-back) in one transaction: None or the error, per job
+    (:class:`RowBusy`: run it again alone with ``wait``, as for grants)."""
     out: list[BaseException | None] = []
     async with store.transaction() as tx:
-        decisions = await tx.release_batch([request for _, request in jobs])
+        decisions = await tx.release_batch([request for _, request in jobs], wait=wait)
         records = []
         for (ctx, request), d in zip(jobs, decisions, strict=True):
+            if _unaudited(d.outcome):
+                out.append(RowBusy())
+                continue
             if d.outcome == "released":
                 records.append(
                     auditor.record(

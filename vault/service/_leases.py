@@ -35,6 +35,7 @@ from vault.service._keys import KeyNeeded, Keys, active_dek, resolve_key, with_k
 from vault.service._lease_batch import (
     Grant,
     GrantJob,
+    RowBusy,
     audit_grant_error,
     from_us,
     grant_batch,
@@ -148,9 +149,16 @@ class LeaseService:
             allow_wallet_changes=allow_wallet_changes,
         )  # fmt: skip
         keys = Keys(self.cache, self.kek)
+        job = GrantJob(ctx, request, keys)
         for _ in range(_KEY_ATTEMPTS):
             try:
-                return await self._grants.submit(GrantJob(ctx, request, keys))
+                try:
+                    return await self._grants.submit(job)
+                except RowBusy:  # its row is locked elsewhere: wait for it alone, holding up no batch
+                    (alone,) = await grant_batch(self.store, self.auditor, [job], wait=True)
+                    if isinstance(alone, BaseException):
+                        raise alone from None
+                    return alone
             except KeyNeeded as need:  # resolved here, with no transaction open and no batch waiting
                 try:
                     await resolve_key(self.store, keys, need)
@@ -230,7 +238,12 @@ class LeaseService:
         if session is None:  # a plain release: group-committed with the others that arrive together
             assert ctx.principal is not None
             request = ReleaseRequest(lease_id, ctx.principal.token_id, fencing_token)
-            await self._releases.submit((ctx, request))
+            try:
+                await self._releases.submit((ctx, request))
+            except RowBusy:  # its row is locked elsewhere: wait for it alone, holding up no batch
+                (error,) = await release_batch(self.store, self.auditor, [(ctx, request)], wait=True)
+                if error is not None:
+                    raise error from None
             return
         parsed, invalid = None, None
         if session is not None:

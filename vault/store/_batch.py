@@ -9,8 +9,9 @@ requests of one batch for the same session are decided one after the other: the 
 first's lease. Each request's writes run in a savepoint (a subtransaction): if they fail, only they are
 undone and the request's decision is ``error``.
 
-- **PostgreSQL**: one call of ``vault_grant_batch`` / ``vault_release_batch`` (migration 0005), one round
-  trip for the whole batch.
+- **PostgreSQL**: one call of ``vault_grant_batch`` / ``vault_release_batch`` (migrations 0005, 0006), one
+  round trip for the whole batch. A batch never waits for a row lock another transaction holds: that request
+  comes back ``busy`` and the service runs it again alone, waiting (``wait=True``).
 - **SQLite**: the same steps here, statement by statement, on the process's one connection (no round
   trips: SQLite runs in process).
 
@@ -43,10 +44,11 @@ log = logging.getLogger("vault.store")
 
 _GRANT_SQL = (
     "SELECT * FROM vault_grant_batch($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
-    " $6::integer[], $7::boolean[], $8::bigint) ORDER BY o_item"
+    " $6::integer[], $7::boolean[], $8::bigint, $9::boolean) ORDER BY o_item"
 )
 _RELEASE_SQL = (
-    "SELECT * FROM vault_release_batch($1::text[], $2::text[], $3::bigint[], $4::bigint) ORDER BY o_item"
+    "SELECT * FROM vault_release_batch($1::text[], $2::text[], $3::bigint[], $4::bigint, $5::boolean)"
+    " ORDER BY o_item"
 )
 
 
@@ -98,8 +100,12 @@ _RELEASE_FIELDS = [f for f in ReleaseDecision.__dataclass_fields__]
 
 
 class BatchQueries(LeaseQueries):
-    async def grant_batch(self, requests: Sequence[GrantRequest]) -> list[GrantDecision]:
-        """Decide every request (in the order given back: one decision per request)."""
+    async def grant_batch(
+        self, requests: Sequence[GrantRequest], *, wait: bool = False
+    ) -> list[GrantDecision]:
+        """Decide every request (in the order given back: one decision per request). Without ``wait``, a
+        request whose session row another transaction holds locked is not waited for: its decision is
+        ``busy`` (PostgreSQL; SQLite's one write lock, held already, leaves no row locked elsewhere)."""
         if self._pg is not None:
             now = None if self._clock_us is None else self._clock_us()
             with translated():
@@ -108,7 +114,7 @@ class BatchQueries(LeaseQueries):
                     [r.session_id for r in requests], [r.user_id for r in requests],
                     [r.lease_id for r in requests], [r.holder_token_id for r in requests],
                     [r.purpose for r in requests], [r.ttl_seconds for r in requests],
-                    [r.allow_wallet_changes for r in requests], now,
+                    [r.allow_wallet_changes for r in requests], now, wait,
                 )  # fmt: skip
             decisions = [GrantDecision(**_unpack(row, _GRANT_FIELDS)) for row in rows]
         else:
@@ -167,14 +173,17 @@ class BatchQueries(LeaseQueries):
             ended_fence=None if current is None else current.fencing_token,
         )  # fmt: skip
 
-    async def release_batch(self, requests: Sequence[ReleaseRequest]) -> list[ReleaseDecision]:
-        """End every lease whose holder and fencing token match (in the order given back)."""
+    async def release_batch(
+        self, requests: Sequence[ReleaseRequest], *, wait: bool = False
+    ) -> list[ReleaseDecision]:
+        """End every lease whose holder and fencing token match (in the order given back); ``busy`` as for
+        :meth:`grant_batch`."""
         if self._pg is not None:
             now = None if self._clock_us is None else self._clock_us()
             with translated():
                 rows = await self._pg.fetch(
                     _RELEASE_SQL, [r.lease_id for r in requests], [r.holder_token_id for r in requests],
-                    [r.fencing_token for r in requests], now,
+                    [r.fencing_token for r in requests], now, wait,
                 )  # fmt: skip
             decisions = [ReleaseDecision(**_unpack(row, _RELEASE_FIELDS)) for row in rows]
         else:

@@ -169,7 +169,8 @@ class GrantDecision:
 
     ``outcome``: ``granted``; a refusal (``no_session``, ``revoked``, ``superseded``, ``shredded``,
     ``expired``, ``held`` with ``retry_after`` seconds); or ``error`` (``sqlstate``: this request's
-    statements failed and were undone, the rest of the batch went on). ``at_us`` is the database's clock
+    statements failed and were undone, the rest of the batch went on); or ``busy`` (another transaction
+    holds the session's row lock and the batch did not wait for it). ``at_us`` is the database's clock
     (read after the row lock, for every decision taken under it); None for ``no_session`` and ``error``.
     A grant carries the session's row (``session_version``, ``dek_version``, ``ciphertext``), its
     fencing token, and the expired lease it ended, if any (a takeover)."""
@@ -197,8 +198,8 @@ class ReleaseRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseDecision:
-    """``outcome``: ``released``, ``no_lease``, ``not_holder``, ``shredded``, ``lost`` or ``error``; the
-    lease's session, user, fencing token and purpose when the lease exists."""
+    """``outcome``: ``released``, ``no_lease``, ``not_holder``, ``shredded``, ``lost``, ``error`` or
+    ``busy``; the lease's session, user, fencing token and purpose when the lease exists."""
 
     outcome: str
     at_us: int | None = None
