@@ -133,12 +133,19 @@ STAGES = (
     ("session decrypt (DEK cache, AES-GCM)", "open_session", "vault/service/_ingest.py"),
     ("lease grant transaction", "LeaseService.grant", "vault/service/_leases.py"),
     ("lease release transaction", "LeaseService.release", "vault/service/_leases.py"),
+    ("lease grant batch (one transaction for the batch)", "grant_batch", "vault/service/_lease_batch.py"),
+    ("lease release batch (one transaction for the batch)", "release_batch", "vault/service/_lease_batch.py"),
+    ("token lookup batch", "TokenService._lookup_batch", "vault/service/_tokens.py"),
+    ("token authentication (own transaction)", "TokenService.authenticate", "vault/service/_tokens.py"),
+    ("batcher: queueing and waking callers", "Batcher", "vault/service/_batch.py"),
     ("session parse + validation", "parse_session", "vault/sessions/_parse.py"),
     ("ingest transaction", "ingest", "vault/service/_ingest.py"),
     ("audit sealer (background)", "Vault._seal_forever", "vault/service/_vault.py"),
     ("FastAPI: response model validation + serialization", "serialize_response", "fastapi/routing.py"),
     ("FastAPI: dependency solving (other)", "solve_dependencies", "fastapi/dependencies/utils.py"),
     ("endpoint function (other)", "run_endpoint_function", "fastapi/routing.py"),
+    ("lean path: lease routes (vault/api/_lane.py, other)", "LeaseLane", "vault/api/_lane.py"),
+    ("lean path: lease routes (vault/api/_lane.py, other)", "_answer", "vault/api/_lane.py"),
     ("ASGI app: FastAPI/Starlette routing, middleware", "RequestResponseCycle.run_asgi", "uvicorn/"),
     ("uvicorn: HTTP parsing, response writing, access log", "HttpToolsProtocol", "uvicorn/"),
     ("uvicorn: HTTP parsing, response writing, access log", "RequestResponseCycle.send", "uvicorn/"),
@@ -146,6 +153,7 @@ STAGES = (
 GREENLET = "SQLAlchemy/asyncpg inside a greenlet (caller not on the stack)"
 OTHER_PARTIAL = "other stacks without their root (resumed coroutines, threads)"
 LOOP = "event loop and transports (no request frame on the stack)"
+ASYNCPG_LOOP = "asyncpg protocol: results arriving (an event-loop callback, no request frame)"
 
 
 def stage_of(frames: Sequence[Frame]) -> str:
@@ -155,6 +163,8 @@ def stage_of(frames: Sequence[Frame]) -> str:
         for name, func, file in STAGES:
             if frame.file.startswith(file) and (frame.func == func or frame.func.startswith(func + ".")):
                 return name
+    if any(frame.layer == "asyncpg" for frame in frames):
+        return ASYNCPG_LOOP
     return LOOP
 
 

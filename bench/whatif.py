@@ -11,6 +11,8 @@ For benchmarks only: vault/ is not changed; this module patches the imported cod
 - ``pool-reset``: the PostgreSQL pool runs asyncpg's default reset query on every release (``RESET ALL;
   UNLISTEN *; ...``), as the vault did before it skipped it (it keeps no session state): the baseline for
   that change.
+- ``no-lane``: the internal app answers the lease routes through FastAPI's router and dependency
+  solving, as before vault/api/_lane.py: the baseline for the lean path.
 
 The other changes measured this way in bench/results/whatif.md (uvloop, async dependencies, no access
 log, SQL sent straight to asyncpg) have since landed in the vault itself, so their patches are gone.
@@ -24,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-CHANGES = ("token-cache", "pool-reset")
+CHANGES = ("token-cache", "pool-reset", "no-lane")
 TOKEN_CACHE_SECONDS = 5.0
 
 
@@ -63,7 +65,22 @@ def _pool_reset() -> None:
     vars(store)["_no_session_state"] = default_reset
 
 
-PATCHES: dict[str, Callable[[], None]] = {"token-cache": _token_cache, "pool-reset": _pool_reset}
+def _no_lane() -> None:
+    import vault.api as api  # the CLI calls create_internal_app through vault.api
+
+    original: Callable[..., Any] = api.create_internal_app
+
+    def create_internal_app(settings: Any, *, vault: Any = None, lane: bool = True) -> Any:
+        return original(settings, vault=vault, lane=False)
+
+    api.create_internal_app = create_internal_app
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "token-cache": _token_cache,
+    "pool-reset": _pool_reset,
+    "no-lane": _no_lane,
+}
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ class LiveVault:
     admin_token: str
     settings: Settings
     clock: SettableClock
+    reference: str | None = None  # the internal app without the lean path (FastAPI answers every route)
 
     def token(self, role: str, **extra: object) -> str:
         """A new token of ``role``: over the API for the roles it mints, else as the CLI does (direct)."""
@@ -79,7 +80,7 @@ def make_admin_token(settings: Settings) -> str:
 
 
 @contextmanager
-def live_vault(settings: Settings) -> Iterator[LiveVault]:
+def live_vault(settings: Settings, *, reference: bool = False) -> Iterator[LiveVault]:
     admin = make_admin_token(settings)
     clock = SettableClock()
     started = threading.Event()
@@ -90,7 +91,10 @@ def live_vault(settings: Settings) -> Iterator[LiveVault]:
         vault = Vault.from_settings(settings, clock=clock)
         vault.start()
         try:
-            for app in (create_public_app(settings, vault=vault), create_internal_app(settings, vault=vault)):
+            apps = [create_public_app(settings, vault=vault), create_internal_app(settings, vault=vault)]
+            if reference:
+                apps.append(create_internal_app(settings, vault=vault, lane=False))
+            for app in apps:
                 config = server_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
                 servers.append(_Server(config))
             tasks = [asyncio.create_task(s.serve()) for s in servers]
@@ -123,6 +127,7 @@ def live_vault(settings: Settings) -> Iterator[LiveVault]:
             admin_token=admin,
             settings=settings,
             clock=clock,
+            reference=f"http://127.0.0.1:{ports[2]}" if reference else None,
         )
     finally:
         for server in servers:

@@ -11,19 +11,21 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request, Response
+from starlette.types import Receive, Scope, Send
 
 from vault import errors as e
 from vault.api._audit import router as audit_router
 from vault.api._deps import AdminCtx, IngestCtx, PublicCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import document_common_errors, install_error_handlers, responses_for
 from vault.api._keys import router as keys_router
+from vault.api._lane import LeaseLane
 from vault.api._leases import router as leases_router
 from vault.api._middleware import BodyLimit, Guard
 from vault.api._models import ImportedSession, ImportSession, NewToken, TokenCreated, TokenView
 from vault.service import TOKEN_ID_PATTERN, Role, Vault
 from vault.settings import Settings
 
-__all__ = ["create_internal_app", "create_public_app"]
+__all__ = ["InternalApp", "create_internal_app", "create_public_app"]
 
 _INGEST = (
     e.InvalidRequest, e.InvalidSession, e.SessionExpired, e.TooLarge, e.UnsupportedMediaType,
@@ -48,6 +50,18 @@ def _lifespan(settings: Settings, vault: Vault | None) -> Callable[[FastAPI], An
             await owned.close()
 
     return lifespan
+
+
+class InternalApp(FastAPI):
+    """The internal API: FastAPI, with the lease routes answered ahead of it by the lean path
+    (:mod:`vault.api._lane`) unless ``lane`` is None."""
+
+    lane: LeaseLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.lane is not None and await self.lane.handle(scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _finish(app: FastAPI, settings: Settings) -> FastAPI:
@@ -82,9 +96,11 @@ def create_public_app(settings: Settings, *, vault: Vault | None = None) -> Fast
     return _finish(app, settings)
 
 
-def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> FastAPI:
-    """Everything but public ingest: backend ingest, credentials, health, and the OpenAPI schema."""
-    app = FastAPI(
+def create_internal_app(settings: Settings, *, vault: Vault | None = None, lane: bool = True) -> InternalApp:
+    """Everything but public ingest: backend ingest, credentials, health, and the OpenAPI schema.
+
+    ``lane=False`` leaves the lease routes to FastAPI (the lean path's parity test compares the two)."""
+    app = InternalApp(
         title="Session Vault (internal API)",
         version="0.1.0",
         lifespan=_lifespan(settings, vault),
@@ -155,4 +171,7 @@ def create_internal_app(settings: Settings, *, vault: Vault | None = None) -> Fa
         await vault.tokens.revoke(ctx, token_id)
         return Response(status_code=204)
 
-    return _finish(app, settings)
+    _finish(app, settings)
+    if lane:
+        app.lane = LeaseLane(app, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -25,6 +25,7 @@ __all__ = [
     "install_error_handlers",
     "responses_for",
     "status_of",
+    "vault_error",
 ]
 
 log = logging.getLogger("vault.api")
@@ -99,11 +100,11 @@ async def _audit_refusal(request: Request, error: e.VaultError) -> JSONResponse 
     try:
         await request.app.state.vault.audit_log.refused(ctx, error, f"{request.method} {route}")
     except e.VaultError as failure:  # the refusal could not be recorded: say so (fail-closed)
-        return await _vault_error(request, failure)
+        return await vault_error(request, failure)
     return None
 
 
-async def _vault_error(request: Request, exc: Exception) -> JSONResponse:
+async def vault_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, e.VaultError)
     if isinstance(exc, _AUDITED_HERE) and (failed := await _audit_refusal(request, exc)) is not None:
         return failed
@@ -124,7 +125,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # Name the fields only: pydantic's messages can quote the input.
     fields = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
     error = e.InvalidRequest("invalid field(s): " + ", ".join(fields))
-    return await _vault_error(request, error)
+    return await vault_error(request, error)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -166,6 +167,6 @@ def document_common_errors(app: FastAPI) -> None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(e.VaultError, _vault_error)
+    app.add_exception_handler(e.VaultError, vault_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

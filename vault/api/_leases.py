@@ -1,18 +1,26 @@
-"""Lease routes (role ``signer``): grant by user or session, renew, release with optional write-back."""
+"""Lease routes (role ``signer``): grant by user or session, renew, release with optional write-back.
+
+The FastAPI routes below declare the contract (OpenAPI, status codes, errors). The same requests are
+answered, with the same functions, by :class:`~vault.api._lane.LeaseLane` in front of the router: see
+that module for why, and tests/integration/test_lease_lane.py for the test that both answer alike.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel
 
 from vault import errors as e
 from vault.api._deps import SignerCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import responses_for
 from vault.api._models import LeaseGranted, LeaseRequest, Released, ReleaseRequest, Renewed, RenewRequest
-from vault.service import USER_ID_PATTERN, UUID_PATTERN, Grant
+from vault.service import USER_ID_PATTERN, UUID_PATTERN, Context, Grant, Vault
 
-__all__ = ["router"]
+__all__ = ["LANE_ROUTES", "LaneRoute", "router"]
 
 router = APIRouter(tags=["leases"])
 
@@ -33,10 +41,10 @@ _HOLDER_ERRORS = (
     e.UnsupportedMediaType,
     e.AuditUnavailable,
 )
+NO_STORE = {"Cache-Control": "no-store"}  # a grant's answer carries the plaintext session
 
 
-def _granted(grant: Grant, response: Response) -> LeaseGranted:
-    response.headers["Cache-Control"] = "no-store"
+def _granted(grant: Grant) -> LeaseGranted:
     return LeaseGranted(
         lease_id=grant.lease_id,
         session_id=grant.session_id,
@@ -45,6 +53,60 @@ def _granted(grant: Grant, response: Response) -> LeaseGranted:
         expires_at=grant.expires_at,
         session=grant.session,
     )
+
+
+# --- what each route does, once the caller is authenticated and the path id and body are valid --------
+
+
+async def grant_user(vault: Vault, ctx: Context, user_id: str, body: LeaseRequest) -> LeaseGranted:
+    grant = await vault.leases.grant(
+        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id,
+        allow_wallet_changes=body.allow_wallet_changes,
+    )  # fmt: skip
+    return _granted(grant)
+
+
+async def grant_session(vault: Vault, ctx: Context, session_id: str, body: LeaseRequest) -> LeaseGranted:
+    grant = await vault.leases.grant(
+        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, session_id=session_id,
+        allow_wallet_changes=body.allow_wallet_changes,
+    )  # fmt: skip
+    return _granted(grant)
+
+
+async def renew_lease(vault: Vault, ctx: Context, lease_id: str, body: RenewRequest) -> Renewed:
+    renewal = await vault.leases.renew(ctx, lease_id, fencing_token=body.fencing_token)
+    return Renewed(lease_id=renewal.lease_id, expires_at=renewal.expires_at)
+
+
+async def release_lease(vault: Vault, ctx: Context, lease_id: str, body: ReleaseRequest) -> Released:
+    await vault.leases.release(ctx, lease_id, fencing_token=body.fencing_token, session=body.session)
+    return Released(lease_id=lease_id, written_back=body.session is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneRoute:
+    """One route as the lean path sees it: template, path parameter and its pattern, body, function."""
+
+    template: str
+    param: str
+    pattern: str
+    body: type[BaseModel]
+    handler: Callable[[Vault, Context, str, Any], Awaitable[BaseModel]]
+    grant: bool = False  # 201, and Cache-Control: no-store (the answer carries the plaintext session)
+
+
+LANE_ROUTES = (
+    LaneRoute("/v1/users/{user_id}/lease", "user_id", USER_ID_PATTERN, LeaseRequest, grant_user, grant=True),
+    LaneRoute(
+        "/v1/sessions/{session_id}/lease", "session_id", UUID_PATTERN, LeaseRequest, grant_session, grant=True
+    ),
+    LaneRoute("/v1/leases/{lease_id}/renew", "lease_id", UUID_PATTERN, RenewRequest, renew_lease),
+    LaneRoute("/v1/leases/{lease_id}/release", "lease_id", UUID_PATTERN, ReleaseRequest, release_lease),
+)
+
+
+# --- the FastAPI routes: the contract, and the answer wherever the lane is not in front ----------------
 
 
 @router.post(
@@ -58,12 +120,8 @@ async def lease_user(
     user_id: UserId, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
 ) -> LeaseGranted:
     """Lease the user's newest usable session. 409 ``lease_held`` carries ``retry_after`` (seconds)."""
-    body = await read_json(request, LeaseRequest)
-    grant = await vault.leases.grant(
-        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id,
-        allow_wallet_changes=body.allow_wallet_changes,
-    )  # fmt: skip
-    return _granted(grant, response)
+    response.headers.update(NO_STORE)
+    return await grant_user(vault, ctx, user_id, await read_json(request, LeaseRequest))
 
 
 @router.post(
@@ -77,15 +135,8 @@ async def lease_session(
     session_id: SessionId, request: Request, response: Response, vault: VaultDep, ctx: SignerCtx
 ) -> LeaseGranted:
     """Lease one session by id."""
-    body = await read_json(request, LeaseRequest)
-    grant = await vault.leases.grant(
-        ctx,
-        purpose=body.purpose,
-        ttl_seconds=body.ttl_seconds,
-        session_id=session_id,
-        allow_wallet_changes=body.allow_wallet_changes,
-    )
-    return _granted(grant, response)
+    response.headers.update(NO_STORE)
+    return await grant_session(vault, ctx, session_id, await read_json(request, LeaseRequest))
 
 
 @router.post(
@@ -96,9 +147,7 @@ async def lease_session(
 )
 async def renew(lease_id: LeaseId, request: Request, vault: VaultDep, ctx: SignerCtx) -> Renewed:
     """Extend the lease by its TTL from now. Only its holder, with the newest fencing token."""
-    body = await read_json(request, RenewRequest)
-    renewal = await vault.leases.renew(ctx, lease_id, fencing_token=body.fencing_token)
-    return Renewed(lease_id=renewal.lease_id, expires_at=renewal.expires_at)
+    return await renew_lease(vault, ctx, lease_id, await read_json(request, RenewRequest))
 
 
 @router.post(
@@ -109,6 +158,4 @@ async def renew(lease_id: LeaseId, request: Request, vault: VaultDep, ctx: Signe
 )
 async def release(lease_id: LeaseId, request: Request, vault: VaultDep, ctx: SignerCtx) -> Released:
     """End the lease; a ``session`` given here is stored as the session's next version (write-back)."""
-    body = await read_json(request, ReleaseRequest)
-    await vault.leases.release(ctx, lease_id, fencing_token=body.fencing_token, session=body.session)
-    return Released(lease_id=lease_id, written_back=body.session is not None)
+    return await release_lease(vault, ctx, lease_id, await read_json(request, ReleaseRequest))
