@@ -38,12 +38,15 @@ import uvloop
 
 from bench._harness import Probe, load_average, markdown_table, say, utc_now, write_report
 from bench._http1 import Http1
-from bench._lease_load import Cycle, Tally, drive, prepare, vault_cycle
+from bench._lease_load import TOKEN_NAME, Cycle, Tally, drive, ingest_users, prepare, vault_cycle
+from bench._openbao_vault import dev_process
 from bench._setup import (
     DEFAULT_DATABASE_URL,
     VaultProcess,
     is_local,
     maintenance_url,
+    vault_cli,
+    vault_env,
     vault_process,
     with_database,
 )
@@ -391,6 +394,12 @@ Collapsed stacks: `{args.folded}`. Command: `{command}`
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--what", choices=("lease", "ingest"), default="lease")
+    parser.add_argument(
+        "--vault",
+        choices=("serve", "dev"),
+        default="serve",
+        help="serve: one `serve` worker on a scratch PostgreSQL database; dev: `session-vault dev` (SQLite)",
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=20, help="sampling time")
     parser.add_argument("--warmup", type=float, default=3.0, help="load before sampling starts")
@@ -425,20 +434,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     maintenance = maintenance_url(args.database_url)
     with ExitStack() as stack:
-        prepared = prepare(stack, maintenance, args.users if args.what == "lease" else 0)
-        vault_url = with_database(maintenance, prepared.db_name, driver="postgresql+asyncpg")
-        log = prepared.tmp / "vault.log"
-        # one process (VAULT_WORKERS=1): py-spy samples it alone; `serve` would otherwise run one per core
-        proc = stack.enter_context(vault_process(vault_url, prepared.secrets, log, {"VAULT_WORKERS": "1"}))
-        local = is_local(maintenance)
-        admin = stack.enter_context(psycopg.connect(maintenance, autocommit=True)) if local else None
-        probe = Probe(admin, prepared.db_name, [proc.pid])
+        if args.vault == "dev":
+            proc, users, token = start_dev(stack, args.users if args.what == "lease" else 0)
+            probe = Probe(None, "", [proc.pid])
+        else:
+            prepared = prepare(stack, maintenance, args.users if args.what == "lease" else 0)
+            vault_url = with_database(maintenance, prepared.db_name, driver="postgresql+asyncpg")
+            log = prepared.tmp / "vault.log"
+            # one process (VAULT_WORKERS=1): py-spy samples it alone; `serve` would otherwise run one per core
+            proc = stack.enter_context(
+                vault_process(vault_url, prepared.secrets, log, {"VAULT_WORKERS": "1"})
+            )
+            local = is_local(maintenance)
+            admin = stack.enter_context(psycopg.connect(maintenance, autocommit=True)) if local else None
+            probe = Probe(admin, prepared.db_name, [proc.pid])
+            users, token = prepared.users, prepared.token
         say(f"vault pid {proc.pid}: {args.what} load, sampling {args.seconds} s")
-        sampled = uvloop.run(sample_under_load(args.what, proc, prepared.users, prepared.token, args, probe))
+        sampled = uvloop.run(sample_under_load(args.what, proc, users, token, args, probe))
     profile = analyse(parse_folded(args.folded.read_text().splitlines()))
     command = " ".join([".venv/bin/python -m bench.profile", *argv])
     text = report(args.what, args, sampled, profile, command)
-    write_report(text, args.out_dir / f"profile-{args.what}.md")
+    suffix = "-dev" if args.vault == "dev" else ""
+    write_report(text, args.out_dir / f"profile-{args.what}{suffix}.md")
+
+
+def start_dev(stack: ExitStack, users: int) -> tuple[VaultProcess, list[str], str]:
+    """``session-vault dev`` in a temporary data directory (SQLite), a signer token made with the CLI, and
+    ``users`` users ingested through its public endpoint."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sv_profile_")))
+    data_dir = tmp / "dev"
+    data_dir.mkdir(mode=0o700)
+    cli = ["--data-dir", str(data_dir)]
+    vault_cli(["db", "upgrade", *cli], vault_env("", {}))
+    token = vault_cli(["token", "create", *cli, "--role", "signer", "--name", TOKEN_NAME], vault_env("", {}))
+    proc = stack.enter_context(dev_process(data_dir, tmp / "dev.log", {}))
+    user_ids = uvloop.run(ingest_users(proc, users)) if users else []
+    return proc, user_ids, token.strip()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def _vault(failure: BaseException) -> Any:
     async def grant(*args: object, **kwargs: object) -> object:
         raise failure
 
-    return SimpleNamespace(tokens=SimpleNamespace(authenticate=authenticate), leases=SimpleNamespace(grant=grant))
+    return SimpleNamespace(
+        tokens=SimpleNamespace(authenticate=authenticate), leases=SimpleNamespace(grant=grant)
+    )
 
 
 async def _post(lane: bool, failure: BaseException) -> httpx.Response:
