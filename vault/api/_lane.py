@@ -38,14 +38,23 @@ _authenticate = require_role(Role.SIGNER)
 
 
 class _Compiled:
-    __slots__ = ("param", "path", "route", "spec")
+    """One lease route: its path, its id's pattern, its route object and the guarded ASGI app answering it."""
 
-    def __init__(self, spec: LaneRoute, route: BaseRoute) -> None:
+    __slots__ = ("app", "param", "path", "route", "spec")
+
+    def __init__(self, spec: LaneRoute, route: BaseRoute, max_body_bytes: int) -> None:
         prefix, _, suffix = spec.template.partition("{" + spec.param + "}")
         self.spec = spec
         self.path = re.compile(re.escape(prefix) + "([^/]+)" + re.escape(suffix))  # Starlette's {param}
         self.param = re.compile(spec.pattern)
         self.route = route
+        # The same guard and body limit as the app's own middleware (vault/api/_middleware.py).
+        self.app = Guard(BodyLimit(self._endpoint, max_bytes=max_body_bytes))
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        value = scope["path_params"][self.spec.param]
+        response = await _answer(self, value, Request(scope, receive))
+        await response(scope, receive, send)
 
 
 class LeaseLane:
@@ -53,9 +62,8 @@ class LeaseLane:
 
     def __init__(self, app: FastAPI, *, max_body_bytes: int) -> None:
         self.app = app
-        self._routes = [_Compiled(spec, route) for spec, route in zip(LANE_ROUTES, _routes(), strict=True)]
-        # The same guard and body limit as the app's own middleware (vault/api/_middleware.py).
-        self._guarded = Guard(BodyLimit(self._endpoint, max_bytes=max_body_bytes))
+        routes = zip(LANE_ROUTES, _routes(), strict=True)
+        self._routes = [_Compiled(spec, route, max_body_bytes) for spec, route in routes]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer the request if it is for a lease route (True); else leave it to the app (False)."""
@@ -64,19 +72,13 @@ class LeaseLane:
         path = scope["path"]
         for compiled in self._routes:
             if (match := compiled.path.fullmatch(path)) is not None:
-                # What Starlette sets before the router runs: the app (for its state) and the route (for
-                # the audit of a refusal, which names the route template).
+                # What Starlette sets before the router runs: the app (for its state), the route (for the
+                # audit of a refusal, which names the route template) and the path parameter.
                 scope["app"], scope["route"] = self.app, compiled.route
                 scope["path_params"] = {compiled.spec.param: match.group(1)}
-                await self._guarded(scope, receive, send)
+                await compiled.app(scope, receive, send)
                 return True
         return False
-
-    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        compiled: _Compiled = next(c for c in self._routes if c.route is scope["route"])
-        value = scope["path_params"][compiled.spec.param]
-        response = await _answer(compiled, value, Request(scope, receive))
-        await response(scope, receive, send)
 
 
 def _routes() -> list[BaseRoute]:

@@ -18,7 +18,7 @@ from vault import errors as e
 from vault.api._deps import SignerCtx, VaultDep, json_body_schema, read_json
 from vault.api._errors import responses_for
 from vault.api._models import LeaseGranted, LeaseRequest, Released, ReleaseRequest, Renewed, RenewRequest
-from vault.service import USER_ID_PATTERN, UUID_PATTERN, Context, Grant, Vault
+from vault.service import USER_ID_PATTERN, UUID_PATTERN, Context, Vault
 
 __all__ = ["LANE_ROUTES", "LaneRoute", "router"]
 
@@ -44,7 +44,12 @@ _HOLDER_ERRORS = (
 NO_STORE = {"Cache-Control": "no-store"}  # a grant's answer carries the plaintext session
 
 
-def _granted(grant: Grant) -> LeaseGranted:
+async def _grant(vault: Vault, ctx: Context, body: LeaseRequest, **target: str) -> LeaseGranted:
+    """Grant by ``user_id=`` or ``session_id=``."""
+    grant = await vault.leases.grant(
+        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds,
+        allow_wallet_changes=body.allow_wallet_changes, **target,
+    )  # fmt: skip
     return LeaseGranted(
         lease_id=grant.lease_id,
         session_id=grant.session_id,
@@ -59,19 +64,11 @@ def _granted(grant: Grant) -> LeaseGranted:
 
 
 async def grant_user(vault: Vault, ctx: Context, user_id: str, body: LeaseRequest) -> LeaseGranted:
-    grant = await vault.leases.grant(
-        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, user_id=user_id,
-        allow_wallet_changes=body.allow_wallet_changes,
-    )  # fmt: skip
-    return _granted(grant)
+    return await _grant(vault, ctx, body, user_id=user_id)
 
 
 async def grant_session(vault: Vault, ctx: Context, session_id: str, body: LeaseRequest) -> LeaseGranted:
-    grant = await vault.leases.grant(
-        ctx, purpose=body.purpose, ttl_seconds=body.ttl_seconds, session_id=session_id,
-        allow_wallet_changes=body.allow_wallet_changes,
-    )  # fmt: skip
-    return _granted(grant)
+    return await _grant(vault, ctx, body, session_id=session_id)
 
 
 async def renew_lease(vault: Vault, ctx: Context, lease_id: str, body: RenewRequest) -> Renewed:
